@@ -1,0 +1,161 @@
+"""Per-example difficulty scores: EL2N, predictive entropy, forgetting counts.
+
+`el2n` and `entropy` are jitted array functions. `score_dataset` streams a dataset (an iterable of
+batches, so a 1.28M-image ImageNet never sits in memory) through a jitted eval-mode forward pass of
+each of K models and returns per-model scores; `el2n_scores` averages EL2N over the K models, as
+data_diet / the PCA paper do with several early-trained models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pca_jax import parallel
+
+
+@jax.jit
+def el2n(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """EL2N = ||softmax(logits) - onehot(labels)||_2. logits [N, C], labels [N] int -> [N] float32."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  return jnp.linalg.norm(probs - onehot, axis=-1)
+
+
+@jax.jit
+def entropy(logits: jax.Array) -> jax.Array:
+  """Predictive entropy -sum p log p in nats. logits [N, C] -> [N] float32."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Whether the top-1 prediction is right. [N, C], [N] -> [N] bool."""
+  return jnp.argmax(logits, axis=-1) == labels
+
+
+SCORE_FNS: Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "el2n": lambda logits, labels: el2n(logits, labels),
+    "entropy": lambda logits, labels: entropy(logits),
+}
+
+
+def forgetting_counts(correct_history: np.ndarray) -> np.ndarray:
+  """Forgetting events per example (Toneva et al.): transitions correct -> incorrect.
+
+  correct_history: [T, N] bool, whether example n was classified correctly at presentation t.
+  Examples never learned (never correct) get T (the maximum), as in the original paper.
+  Returns [N] float32.
+  """
+  h = np.asarray(correct_history, bool)
+  if h.ndim != 2:
+    raise ValueError(f"correct_history must be [T, N], got shape {h.shape}")
+  forgets = np.sum(h[:-1] & ~h[1:], axis=0).astype(np.float32)
+  never = ~h.any(axis=0)
+  forgets[never] = float(h.shape[0])
+  return forgets
+
+
+def _as_batches(data: Any, labels: Any, batch_size: int) -> Iterable[dict]:
+  """Turns in-memory arrays into padded, masked, indexed batches; passes iterables through."""
+  if labels is None:
+    return data
+  images = np.asarray(data)
+  labels = np.asarray(labels)
+  if len(images) != len(labels):
+    raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) differ in length")
+
+  def gen():
+    n = len(images)
+    for start in range(0, n, batch_size):
+      idx = np.arange(start, start + batch_size)
+      mask = idx < n
+      idx = np.where(mask, idx, n - 1)
+      yield {"image": images[idx], "label": labels[idx], "index": np.where(mask, idx, -1),
+             "mask": mask}
+  return gen()
+
+
+def score_dataset(apply_fn: Callable[[Any, jax.Array], jax.Array],
+                  variables_list: Sequence[Any],
+                  data: Any,
+                  labels: np.ndarray | None = None,
+                  *,
+                  num_examples: int | None = None,
+                  scores: Sequence[str] = ("el2n", "entropy"),
+                  batch_size: int = 256,
+                  mesh: jax.sharding.Mesh | None = None,
+                  progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+  """Scores every example with each of K models, in one pass over the data.
+
+  Args:
+    apply_fn: (variables, images) -> logits [B, C], eval mode (e.g. BatchNorm running averages).
+    variables_list: K model variable trees (K early-trained models / seeds).
+    data: either images [N, H, W, C] (then `labels` [N] is required) or an iterable of batches,
+      each a dict with "image" [B, ...], "label" [B], "index" [B] (global example index, -1 for
+      padding) and optionally "mask" [B] bool. Batches are host-local; with several processes each
+      passes its own shard and the global batch is assembled on the mesh.
+    num_examples: N, required for an iterable (the output size).
+    scores: names from SCORE_FNS.
+    mesh: device mesh (default: all devices on a "data" axis).
+    progress: called with the number of real examples of each processed batch.
+
+  Returns:
+    {name: [K, N] float32} per-model scores, plus "seen": [N] bool (every example scored once).
+  """
+  for name in scores:
+    if name not in SCORE_FNS:
+      raise ValueError(f"unknown score {name!r}; choose from {sorted(SCORE_FNS)}")
+  if not variables_list:
+    raise ValueError("variables_list is empty: pass at least one model's variables")
+  if labels is not None:
+    num_examples = len(labels)
+  if num_examples is None:
+    raise ValueError("num_examples is required when data is an iterable of batches")
+  mesh = mesh or parallel.make_mesh()
+
+  @jax.jit
+  def step(variables, images, labels):
+    logits = apply_fn(variables, images)
+    return jnp.stack([SCORE_FNS[name](logits, labels) for name in scores])
+
+  out = np.full((len(scores), len(variables_list), num_examples), np.nan, np.float32)
+  seen = np.zeros(num_examples, bool)
+  variables_list = [parallel.replicate(v, mesh) for v in variables_list]
+  for batch in _as_batches(data, labels, batch_size):
+    mask = np.asarray(batch.get("mask", np.ones(len(batch["label"]), bool)))
+    index = np.asarray(batch["index"])
+    g_images, g_labels = parallel.shard_batch((batch["image"], batch["label"]), mesh)
+    all_index = parallel.gather_host_local(index)
+    all_mask = parallel.gather_host_local(mask)
+    for k, variables in enumerate(variables_list):
+      vals = parallel.to_host(step(variables, g_images, g_labels))
+      out[:, k, all_index[all_mask]] = vals[:, all_mask]
+    if np.any(seen[all_index[all_mask]]):
+      raise ValueError("a batch repeated an example index: the data iterator is not a partition")
+    seen[all_index[all_mask]] = True
+    if progress is not None:
+      progress(int(mask.sum()))
+  result = {name: out[i] for i, name in enumerate(scores)}
+  result["seen"] = seen
+  return result
+
+
+def el2n_scores(apply_fn: Callable[[Any, jax.Array], jax.Array],
+                variables_list: Sequence[Any],
+                data: Any,
+                labels: np.ndarray | None = None,
+                **kwargs) -> np.ndarray:
+  """EL2N of every example averaged over the K models in `variables_list`. Returns [N] float32.
+
+  Same arguments as `score_dataset`. Raises if some example was never scored.
+  """
+  result = score_dataset(apply_fn, variables_list, data, labels, scores=("el2n",), **kwargs)
+  if not result["seen"].all():
+    missing = np.flatnonzero(~result["seen"])
+    raise ValueError(f"{missing.size} examples were never scored (first: {missing[:5].tolist()}); "
+                     "the batch iterator must cover every index")
+  return result["el2n"].mean(axis=0)
