@@ -1,0 +1,1 @@
+"""Data layer: dataset sources, Grain pipelines, and the compressed-dataset store."""

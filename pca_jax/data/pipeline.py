@@ -1,0 +1,134 @@
+"""Grain input pipelines for full datasets (host side: decoding and resizing on worker threads).
+
+- `ordered_batches`: every example exactly once, in index order, with its global index and a mask
+  for the padded tail; used for scoring (EL2N over the full train set) and evaluation.
+- `train_batches`: shuffled per epoch with a seed, fixed-size uint8 images; random-resized crops and
+  flips run afterwards on device inside the jitted step (pca_jax.augment), so host and device share
+  one augmentation implementation. Resumable: start at any step (deterministic in (seed, step));
+  the Grain iterator's own get_state()/set_state() also works.
+Each process reads only its shard: batches are split by jax.process_index()/process_count().
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+
+def fit_image(image: np.ndarray, size: int, crop_fraction: float = 1.0) -> np.ndarray:
+  """Resizes the shorter side to size / crop_fraction and centre-crops size x size (uint8 RGB).
+
+  crop_fraction 0.875 with size 224 is the standard ImageNet eval transform (resize 256, crop 224).
+  """
+  h, w = image.shape[:2]
+  if (h, w) == (size, size) and crop_fraction == 1.0:
+    return image
+  short = int(round(size / crop_fraction))
+  if h <= w:
+    nh, nw = short, max(short, int(round(w * short / h)))
+  else:
+    nw, nh = short, max(short, int(round(h * short / w)))
+  im = Image.fromarray(image).resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+  top, left = (nh - size) // 2, (nw - size) // 2
+  return np.asarray(im)[top:top + size, left:left + size]
+
+
+def _process(process_index, process_count):
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  if not 0 <= pi < pc:
+    raise ValueError(f"process_index {pi} out of range for {pc} processes")
+  return pi, pc
+
+
+def _read_options(num_threads: int) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=max(1, int(num_threads)), prefetch_buffer_size=64)
+
+
+def _finish(ds: grain.MapDataset, num_threads: int, num_workers: int) -> grain.IterDataset:
+  it = ds.to_iter_dataset(_read_options(num_threads))
+  if num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return it
+
+
+def num_ordered_batches(num_examples: int, local_batch: int, process_count: int = 1) -> int:
+  return max(1, math.ceil(num_examples / (local_batch * process_count)))
+
+
+def ordered_batches(source: Any, local_batch: int, image_size: int, crop_fraction: float = 1.0,
+                    num_threads: int = 8, num_workers: int = 0,
+                    process_index: int | None = None,
+                    process_count: int | None = None) -> grain.IterDataset:
+  """Every example once: batches {"image" uint8 [B,S,S,3], "label", "index" (-1 = pad), "mask"}.
+
+  The padded length is a multiple of local_batch * process_count so that every process yields the
+  same number of batches (a requirement of multi-host jit); process p takes the p-th block of each
+  global batch.
+  """
+  pi, pc = _process(process_index, process_count)
+  n = len(source)
+  steps = num_ordered_batches(n, local_batch, pc)
+
+  def load(global_step: int) -> dict:
+    start = (global_step * pc + pi) * local_batch
+    idx = np.arange(start, start + local_batch)
+    mask = idx < n
+    images, labels = [], []
+    for i, m in zip(idx, mask):
+      img, label = source[int(i) if m else 0]
+      images.append(fit_image(img, image_size, crop_fraction))
+      labels.append(label if m else 0)
+    return {"image": np.stack(images), "label": np.asarray(labels, np.int32),
+            "index": np.where(mask, idx, -1).astype(np.int64), "mask": mask}
+
+  return _finish(grain.MapDataset.range(steps).map(load), num_threads, num_workers)
+
+
+def train_steps_per_epoch(num_examples: int, global_batch: int) -> int:
+  if global_batch > num_examples:
+    raise ValueError(f"batch_size={global_batch} is larger than the dataset ({num_examples}); "
+                     "lower the batch size")
+  return num_examples // global_batch
+
+
+def train_batches(source: Any, global_batch: int, image_size: int, seed: int, num_epochs: int,
+                  start_step: int = 0, num_threads: int = 8, num_workers: int = 0,
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> grain.IterDataset:
+  """Shuffled training batches {"image" uint8 [b,S,S,3], "label" [b]} for this process.
+
+  Each epoch is a fresh permutation (Grain shuffle of the repeated index dataset, seeded); global
+  batches of `global_batch` indices are cut from the epoch stream, and process p loads the p-th
+  slice of each. Starts at `start_step` (resume) without reading the skipped batches.
+  """
+  pi, pc = _process(process_index, process_count)
+  if global_batch % pc:
+    raise ValueError(f"batch_size={global_batch} is not divisible by {pc} processes")
+  local = global_batch // pc
+  n = len(source)
+  per_epoch = train_steps_per_epoch(n, global_batch)
+  # Shuffle within each epoch, then cut whole batches per epoch (the tail of an epoch is dropped).
+  order = grain.MapDataset.range(n).shuffle(seed=seed).repeat(num_epochs)
+  total = per_epoch * num_epochs
+  if not 0 <= start_step <= total:
+    raise ValueError(f"start_step {start_step} outside [0, {total}]")
+
+  def load(step: int) -> dict:
+    epoch, j = divmod(step, per_epoch)
+    base = epoch * n + j * global_batch + pi * local
+    idx = [order[base + k] for k in range(local)]
+    images, labels = [], []
+    for i in idx:
+      img, label = source[int(i)]
+      images.append(fit_image(img, image_size))
+      labels.append(label)
+    return {"image": np.stack(images), "label": np.asarray(labels, np.int32),
+            "index": np.asarray(idx, np.int64)}
+
+  return _finish(grain.MapDataset.range(start_step, total).map(load), num_threads, num_workers)

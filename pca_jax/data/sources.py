@@ -1,0 +1,246 @@
+"""Full datasets as random-access sources: TFDS (ArrayRecord), ImageFolder trees, bundled demo data.
+
+Every source has `name`, `num_classes`, `class_names`, `labels` ([N] int64, no image decoding),
+`__len__` and `__getitem__(i) -> (image uint8 [H, W, 3], label int)`. Grain reads them directly.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+class DataError(ValueError):
+  """A dataset problem the user can fix; the message says how."""
+
+
+def to_rgb_uint8(img: Any) -> np.ndarray:
+  """PIL image or array (grey [H,W], [H,W,1], RGB, RGBA) -> uint8 [H, W, 3]."""
+  if isinstance(img, Image.Image):
+    if img.mode != "RGB":
+      img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA") else img.convert("RGB")
+    return np.asarray(img, np.uint8)
+  a = np.asarray(img)
+  if a.dtype != np.uint8:
+    a = np.clip(a, 0, 255).astype(np.uint8)
+  if a.ndim == 2:
+    a = a[..., None]
+  if a.shape[-1] == 1:
+    a = np.repeat(a, 3, axis=-1)
+  elif a.shape[-1] == 4:
+    a = a[..., :3]
+  if a.ndim != 3 or a.shape[-1] != 3:
+    raise DataError(f"expected an image [H, W, C] with C in (1, 3, 4), got shape {a.shape}")
+  return a
+
+
+def decode_image(data: bytes | str | os.PathLike, name: str = "") -> np.ndarray:
+  """Decodes JPEG/PNG/... bytes or a file path to uint8 RGB; raises DataError naming the file."""
+  try:
+    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    with Image.open(src) as im:
+      im.load()
+      return to_rgb_uint8(im)
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise DataError(f"cannot decode image {name or data!s}: {e}; delete or replace the file, or "
+                    "set --config.data.skip_corrupt=True to skip unreadable files") from None
+
+
+class ArraySource:
+  """In-memory images [N, H, W, 3] uint8 + labels [N] (demo data, tests, compressed sets)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+               name: str = "arrays"):
+    images, labels = np.asarray(images), np.asarray(labels, np.int64)
+    if images.ndim != 4 or images.dtype != np.uint8:
+      raise DataError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+    if len(images) != len(labels):
+      raise DataError(f"{len(images)} images but {len(labels)} labels")
+    _check_labels(labels, len(class_names), name)
+    self.images, self._labels = images, labels
+    self.class_names, self.name = list(class_names), name
+
+  num_classes = property(lambda self: len(self.class_names))
+  labels = property(lambda self: self._labels)
+
+  def __len__(self):
+    return len(self._labels)
+
+  def __getitem__(self, i):
+    return self.images[i], int(self._labels[i])
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    bad = labels[(labels < 0) | (labels >= num_classes)][0]
+    raise DataError(f"{name}: label {int(bad)} is out of range [0, {num_classes}); "
+                    "check the dataset's label field / class folders")
+
+
+def demo_source(split: str = "train", image_size: int = 16, test_fraction: float = 0.25,
+                seed: int = 0) -> ArraySource:
+  """scikit-learn's handwritten digits (1,797 real 8x8 scans, 10 classes), shipped on disk.
+
+  Upsampled (bilinear) to image_size and replicated to RGB; a deterministic stratified split puts
+  `test_fraction` of each class in "test". Needs no network.
+  """
+  from sklearn.datasets import load_digits
+
+  if split not in ("train", "test"):
+    raise DataError(f"demo split must be 'train' or 'test', got {split!r}")
+  digits = load_digits()
+  raw = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)  # [1797, 8, 8] in 0..255
+  labels = digits.target.astype(np.int64)
+  rng = np.random.default_rng(seed)
+  is_test = np.zeros(len(labels), bool)
+  for c in range(10):
+    idx = rng.permutation(np.flatnonzero(labels == c))
+    is_test[idx[:int(round(len(idx) * test_fraction))]] = True
+  keep = is_test if split == "test" else ~is_test
+  imgs = np.stack([np.asarray(Image.fromarray(x).resize((image_size, image_size),
+                                                        Image.BILINEAR)) for x in raw[keep]])
+  return ArraySource(np.repeat(imgs[..., None], 3, axis=-1), labels[keep],
+                     [str(i) for i in range(10)], name=f"demo_digits/{split}")
+
+
+class ImageFolderSource:
+  """root/<class>/<image> trees (torchvision ImageFolder order: sorted class names, sorted files)."""
+
+  def __init__(self, root: str | os.PathLike, skip_corrupt: bool = False):
+    self.root = Path(root)
+    if not self.root.is_dir():
+      raise DataError(f"image folder {self.root} does not exist; pass --config.data.data_dir=<dir "
+                      "with one sub-folder per class>")
+    classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+      raise DataError(f"image folder {self.root} has no class sub-folders; expected "
+                      f"{self.root}/<class_name>/<image>.jpg")
+    files, labels = [], []
+    for c, name in enumerate(classes):
+      found = sorted(p for p in (self.root / name).rglob("*")
+                     if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+      if not found:
+        raise DataError(f"class folder {self.root / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+      files += found
+      labels += [c] * len(found)
+    self.skipped: list[str] = []
+    if skip_corrupt:
+      ok = []
+      for f in files:
+        try:
+          decode_image(str(f), str(f))
+          ok.append(True)
+        except DataError:
+          ok.append(False)
+          self.skipped.append(str(f))
+      files = [f for f, k in zip(files, ok) if k]
+      labels = [l for l, k in zip(labels, ok) if k]
+      counts = np.bincount(labels, minlength=len(classes))
+      if (counts == 0).any():
+        raise DataError(f"class {classes[int(np.argmin(counts))]!r} has no readable images")
+    self.files, self._labels = files, np.asarray(labels, np.int64)
+    self.class_names, self.name = classes, f"imagefolder:{self.root}"
+
+  num_classes = property(lambda self: len(self.class_names))
+  labels = property(lambda self: self._labels)
+
+  def __len__(self):
+    return len(self.files)
+
+  def __getitem__(self, i):
+    f = self.files[i]
+    return decode_image(str(f), str(f)), int(self._labels[i])
+
+
+TFDS_HELP = ("prepare it once with `tfds build {name} --data_dir={data_dir} "
+             "--file_format=array_record` (ImageNet: first put ILSVRC2012_img_train.tar and "
+             "ILSVRC2012_img_val.tar in {data_dir}/downloads/manual/), then pass "
+             "--config.data.data_dir={data_dir}")
+
+
+class TfdsSource:
+  """A TFDS dataset prepared in ArrayRecord format, read with `tfds.data_source` (no TensorFlow)."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None = None,
+               image_key: str = "image", label_key: str = "label"):
+    import tensorflow_datasets as tfds
+
+    if data_dir and not Path(data_dir).is_dir():
+      raise DataError(f"TFDS data_dir {data_dir} does not exist; " +
+                      TFDS_HELP.format(name=name, data_dir=data_dir))
+    try:
+      self._ds = tfds.data_source(name, split=split, data_dir=data_dir)
+    except Exception as e:  # tfds raises several types (AssertionError, DatasetNotFoundError, ...)
+      msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise DataError(f"TFDS dataset {name!r} split {split!r} is not available ({msg}); " +
+                      TFDS_HELP.format(name=name, data_dir=data_dir or "~/tensorflow_datasets")) from None
+    self._tfds, self._data_dir = tfds, data_dir
+    self.name, self.split = f"tfds:{name}/{split}", split
+    self._tfds_name = name
+    self.image_key, self.label_key = image_key, label_key
+    feature = self._ds.dataset_info.features[label_key]
+    self.class_names = list(feature.names)
+    self._labels = None
+
+  num_classes = property(lambda self: len(self.class_names))
+
+  @property
+  def labels(self) -> np.ndarray:
+    """All labels, read once. Uses image SkipDecoding when available (no JPEG decoding)."""
+    if self._labels is None:
+      ds = self._ds
+      try:
+        fast = self._tfds.data_source(self._tfds_name, split=self.split, data_dir=self._data_dir,
+                                      decoders={self.image_key: self._tfds.decode.SkipDecoding()})
+        first = fast[0][self.label_key] if len(fast) else None
+        ds = fast if first is not None else ds
+      except Exception:  # e.g. mock data, which must encode images; fall back to full decoding
+        pass
+      labels = np.fromiter((int(ds[i][self.label_key]) for i in range(len(ds))), np.int64,
+                           count=len(ds))
+      _check_labels(labels, self.num_classes, self.name)
+      self._labels = labels
+    return self._labels
+
+  def __len__(self):
+    return len(self._ds)
+
+  def __getitem__(self, i):
+    ex = self._ds[i]
+    img = ex[self.image_key]
+    img = decode_image(img, f"{self.name}[{i}]") if isinstance(img, bytes) else to_rgb_uint8(img)
+    label = int(ex[self.label_key])
+    if not 0 <= label < self.num_classes:
+      raise DataError(f"{self.name}[{i}]: label {label} out of range [0, {self.num_classes})")
+    return img, label
+
+
+SOURCES = ("demo", "tfds", "imagefolder")
+
+
+def load_source(data_config: Any, split: str | None = None):
+  """Builds the source named by `data_config.source` for `split` (default: the train split).
+
+  Fields used: source ("demo" | "tfds" | "imagefolder"), train_split, tfds_name, data_dir
+  (ImageFolder: root holding one folder per split), skip_corrupt, demo_image_size.
+  """
+  kind = data_config.source
+  split = split or data_config.train_split
+  if kind == "demo":
+    return demo_source(split, image_size=data_config.get("demo_image_size", 16))
+  if kind == "tfds":
+    return TfdsSource(data_config.tfds_name, split, data_config.get("data_dir") or None)
+  if kind == "imagefolder":
+    if not data_config.get("data_dir"):
+      raise DataError("data.source='imagefolder' needs --config.data.data_dir=<root with "
+                      f"{split}/<class>/<image> folders>")
+    return ImageFolderSource(Path(data_config.data_dir) / split,
+                             skip_corrupt=data_config.get("skip_corrupt", False))
+  raise DataError(f"unknown data.source {kind!r}; choose one of {SOURCES}")

@@ -1,0 +1,236 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pca_jax.data import pipeline, store
+from pca_jax.data.atomic import atomic_dir, check_writable, save_json
+from pca_jax.data.sources import (ArraySource, DataError, ImageFolderSource, TfdsSource,
+                                  demo_source, load_source)
+import ml_collections
+
+
+def _write_tree(root: Path, per_class=(3, 2, 4), size=(10, 12)):
+  rng = np.random.default_rng(0)
+  for c, n in enumerate(per_class):
+    d = root / f"class_{c}"
+    d.mkdir(parents=True)
+    for i in range(n):
+      img = np.full(size + (3,), 40 * c + i, np.uint8)
+      img[0, 0] = rng.integers(0, 255, 3)
+      Image.fromarray(img).save(d / f"img{i}.png")
+  return root
+
+
+def test_demo_source_is_real_split_and_deterministic():
+  tr, te = demo_source("train"), demo_source("test")
+  assert len(tr) + len(te) == 1797 and len(te) == 450
+  img, label = tr[0]
+  assert img.shape == (16, 16, 3) and img.dtype == np.uint8 and 0 <= label < 10
+  assert tr.num_classes == 10 and sorted(set(tr.labels.tolist())) == list(range(10))
+  assert np.bincount(te.labels).min() >= 40  # stratified
+  np.testing.assert_array_equal(demo_source("train").labels, tr.labels)
+  assert img.max() > 100 and img.min() == 0  # real scans: dark background, bright strokes
+
+
+def test_imagefolder_order_labels_and_modes(tmp_path):
+  root = _write_tree(tmp_path / "train")
+  Image.fromarray(np.full((10, 12), 7, np.uint8)).save(root / "class_1" / "zz_grey.png")
+  Image.fromarray(np.full((10, 12, 4), 9, np.uint8), "RGBA").save(root / "class_1" / "zz_rgba.png")
+  (root / "class_1" / "notes.txt").write_text("not an image")
+  src = ImageFolderSource(root)
+  assert src.class_names == ["class_0", "class_1", "class_2"]
+  assert src.labels.tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+  grey, lab = src[5]
+  assert grey.shape == (10, 12, 3) and lab == 1 and (grey == 7).all()
+  rgba, _ = src[6]
+  assert rgba.shape == (10, 12, 3) and (rgba == 9).all()
+
+
+def test_imagefolder_errors_and_corrupt_files(tmp_path):
+  with pytest.raises(DataError, match="does not exist"):
+    ImageFolderSource(tmp_path / "nope")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(DataError, match="no class sub-folders"):
+    ImageFolderSource(tmp_path / "empty")
+  root = _write_tree(tmp_path / "t")
+  (root / "class_9").mkdir()
+  with pytest.raises(DataError, match="class_9 has no images"):
+    ImageFolderSource(root)
+  (root / "class_9" / "broken.jpg").write_bytes(b"")
+  good = Image.new("RGB", (8, 8))
+  good.save(root / "class_9" / "trunc.jpg")
+  data = (root / "class_9" / "trunc.jpg").read_bytes()
+  (root / "class_9" / "trunc.jpg").write_bytes(data[:len(data) // 2])
+  good.save(root / "class_9" / "ok.jpg")
+  src = ImageFolderSource(root)
+  i = [str(f) for f in src.files].index(str(root / "class_9" / "broken.jpg"))
+  with pytest.raises(DataError, match="broken.jpg.*skip_corrupt"):
+    src[i]
+  skipping = ImageFolderSource(root, skip_corrupt=True)
+  assert len(skipping) == len(src) - 2 and len(skipping.skipped) == 2
+  assert {Path(p).name for p in skipping.skipped} == {"broken.jpg", "trunc.jpg"}
+
+
+def test_tfds_mock_through_grain_pipeline():
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=13, policy=tfds.testing.MockPolicy.USE_CODE):
+    src = TfdsSource("cifar10", "train")
+    assert len(src) == 13 and src.num_classes == 10
+    assert src.labels.shape == (13,) and src.labels.max() < 10
+    img, label = src[3]
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8 and label == src.labels[3]
+    batches = list(pipeline.ordered_batches(src, 4, image_size=24, crop_fraction=0.875))
+    assert len(batches) == 4
+    idx = np.concatenate([b["index"][b["mask"]] for b in batches])
+    assert idx.tolist() == list(range(13))
+    assert batches[0]["image"].shape == (4, 24, 24, 3)
+    np.testing.assert_array_equal(np.concatenate([b["label"][b["mask"]] for b in batches]),
+                                  src.labels)
+    cfg = ml_collections.ConfigDict({"source": "tfds", "tfds_name": "cifar10",
+                                     "train_split": "train", "data_dir": ""})
+    assert len(load_source(cfg, "test")) == 13
+
+
+def test_tfds_missing_data_says_how_to_prepare(tmp_path):
+  with pytest.raises(DataError, match="tfds build imagenet2012"):
+    TfdsSource("imagenet2012", "train", str(tmp_path / "missing"))
+  with pytest.raises(DataError, match="tfds build"):
+    TfdsSource("imagenet2012", "train", str(tmp_path))
+
+
+def test_label_out_of_range_and_unknown_source():
+  with pytest.raises(DataError, match="label 5 is out of range"):
+    ArraySource(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 5]), ["a", "b"])
+  with pytest.raises(DataError, match="unknown data.source"):
+    load_source(ml_collections.ConfigDict({"source": "hdf5", "train_split": "train"}))
+
+
+def test_two_process_sharding_covers_every_index_once():
+  src = ArraySource(np.zeros((23, 4, 4, 3), np.uint8), np.arange(23) % 3, ["a", "b", "c"])
+  seen = []
+  counts = []
+  for p in range(2):
+    bs = list(pipeline.ordered_batches(src, 4, 4, process_index=p, process_count=2))
+    counts.append(len(bs))
+    seen += np.concatenate([b["index"][b["mask"]] for b in bs]).tolist()
+  assert counts[0] == counts[1] == 3
+  assert sorted(seen) == list(range(23))
+  # training: per step the two processes' slices are disjoint and together form the global batch
+  per_proc = [list(pipeline.train_batches(src, 8, 4, seed=1, num_epochs=2, process_index=p,
+                                          process_count=2)) for p in range(2)]
+  assert len(per_proc[0]) == len(per_proc[1]) == 2 * (23 // 8)
+  for step in range(2):  # epoch 0: every index at most once, no overlap between processes
+    a, b = per_proc[0][step]["index"], per_proc[1][step]["index"]
+    assert not set(a) & set(b)
+  epoch0 = np.concatenate([per_proc[p][s]["index"] for p in range(2) for s in range(2)])
+  assert len(set(epoch0.tolist())) == 16
+
+
+def test_train_batches_resume_and_iterator_state():
+  src = ArraySource(np.zeros((20, 4, 4, 3), np.uint8), np.arange(20) % 2, ["a", "b"])
+  full = [b["index"] for b in pipeline.train_batches(src, 4, 4, seed=3, num_epochs=3)]
+  assert len(full) == 15
+  assert sorted(np.concatenate(full[:5]).tolist()) == list(range(20))  # epoch = permutation
+  assert not np.array_equal(np.concatenate(full[:5]), np.concatenate(full[5:10]))
+  resumed = [b["index"] for b in pipeline.train_batches(src, 4, 4, seed=3, num_epochs=3,
+                                                         start_step=7)]
+  for a, b in zip(full[7:], resumed):
+    np.testing.assert_array_equal(a, b)
+  it = iter(pipeline.train_batches(src, 4, 4, seed=3, num_epochs=3))
+  for _ in range(4):
+    next(it)
+  state = it.get_state()
+  it2 = iter(pipeline.train_batches(src, 4, 4, seed=3, num_epochs=3))
+  it2.set_state(state)
+  np.testing.assert_array_equal(next(it2)["index"], full[4])
+  with pytest.raises(ValueError, match="larger than the dataset"):
+    pipeline.train_batches(src, 64, 4, seed=0, num_epochs=1)
+
+
+def test_fit_image_resize_and_center_crop():
+  img = np.zeros((20, 40, 3), np.uint8)
+  img[:, 10:30] = 200
+  out = pipeline.fit_image(img, 10)
+  assert out.shape == (10, 10, 3)  # the centre of the wide image (edges blend when resampled)
+  assert (out[:, 1:-1] == 200).all() and (out > 150).all()
+  out = pipeline.fit_image(np.zeros((7, 5, 3), np.uint8), 8, crop_fraction=0.875)
+  assert out.shape == (8, 8, 3)
+
+
+def test_store_round_trip_bytes_and_preview(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+  labels = np.array([0, 0, 1, 1, 2, 2])
+  out = store.write_compressed(tmp_path / "set", images, labels,
+                               {"method": "pca", "ipc": 2, "grid": [2, 2], "seed": 0,
+                                "source_indices": np.arange(24)}, class_names=["a", "b", "c"])
+  cs = store.load_compressed(out)
+  np.testing.assert_array_equal(cs.images, images)
+  np.testing.assert_array_equal(cs.labels, labels)
+  m = cs.manifest
+  assert m["bytes"] == {"images": 6 * 8 * 8 * 3, "labels": 6 * 4}
+  assert m["images_per_class"] == [2, 2, 2] and m["source_indices"] == list(range(24))
+  assert (out / "images.npy").stat().st_size == 6 * 8 * 8 * 3 + 128
+  prev = np.asarray(Image.open(out / "preview.png"))
+  assert prev.shape[0] > 3 * 8 and prev.shape[2] == 3
+  exported = store.export_imagefolder(out, tmp_path / "folder")
+  assert exported["num_images"] == 6 and exported["png_bytes"] > 0
+  back = ImageFolderSource(tmp_path / "folder")
+  assert back.labels.tolist() == labels.tolist()  # ImageFolder's sorted order = label order
+  np.testing.assert_array_equal(back[3][0], images[3])
+
+
+def test_store_write_is_atomic_under_exception(tmp_path, monkeypatch):
+  images = np.zeros((2, 4, 4, 3), np.uint8)
+  good = store.write_compressed(tmp_path / "set", images, np.array([0, 1]), {"method": "a"})
+
+  def boom(*a, **k):
+    raise RuntimeError("disk full")
+  monkeypatch.setattr(store, "save_preview", boom)
+  with pytest.raises(RuntimeError, match="disk full"):
+    store.write_compressed(tmp_path / "set", images + 1, np.array([1, 0]), {"method": "b"})
+  cs = store.load_compressed(good)  # previous good output intact
+  assert cs.manifest["method"] == "a" and (cs.images == 0).all()
+  assert [p.name for p in tmp_path.iterdir()] == ["set"]  # no temp dir left behind
+  with pytest.raises(RuntimeError):
+    store.write_compressed(tmp_path / "new", images, np.array([0, 1]), {"method": "c"})
+  assert not (tmp_path / "new").exists()
+
+
+def test_store_validation_errors(tmp_path):
+  out = store.write_compressed(tmp_path / "s", np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1]),
+                               {"method": "x"})
+  m = json.loads((out / "manifest.json").read_text())
+  m["version"] = 99
+  (out / "manifest.json").write_text(json.dumps(m))
+  with pytest.raises(DataError, match="manifest version 99"):
+    store.load_compressed(out)
+  with pytest.raises(DataError, match="does not exist"):
+    store.load_compressed(tmp_path / "none")
+  with pytest.raises(DataError, match="uint8"):
+    store.write_compressed(tmp_path / "f", np.zeros((2, 4, 4, 3), np.float32), np.array([0, 1]), {})
+
+
+def test_atomic_helpers(tmp_path):
+  save_json(tmp_path / "a.json", {"x": np.float32(1.5), "y": np.arange(2)})
+  assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1.5, "y": [0, 1]}
+  with pytest.raises(ValueError):
+    with atomic_dir(tmp_path / "d") as d:
+      (d / "f").write_text("partial")
+      raise ValueError("stop")
+  assert not (tmp_path / "d").exists()
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  ro.chmod(0o500)
+  try:
+    import os
+    if os.geteuid() != 0:  # root ignores permission bits
+      with pytest.raises(ValueError, match="cannot write"):
+        check_writable(ro / "sub")
+  finally:
+    ro.chmod(0o700)
+  with pytest.raises(ValueError, match="cannot write"):
+    check_writable("/proc/pca_jax_cannot_write_here")
