@@ -6,3 +6,13 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
+
+# Identical programs (same model, shapes, shardings) compile once per test session.
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("PCA_JAX_TEST_CACHE", tempfile.mkdtemp(prefix="pca_jax_jit_")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

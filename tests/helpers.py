@@ -1,0 +1,34 @@
+"""Tiny configs and datasets shared by the tests."""
+
+import ml_collections
+import numpy as np
+
+from pca_jax import train
+from pca_jax.data.sources import ArraySource
+
+
+def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(dict(name="resnet10", width=4, stem="small", dtype="float32"))
+  c.data = ml_collections.ConfigDict(dict(eval_crop_fraction=1.0))
+  c.train = train.default_train_config()
+  c.train.update(dict(epochs=4, batch_size=16, image_size=8, crop="none", flip=False,
+                      eval_batch_size=16, log_every_steps=1, num_threads=1, lr=1e-2,
+                      checkpoint_every_steps=1000, eval_every_epochs=0))
+  c.train.update(train_overrides)
+  return c
+
+
+def colour_dataset(n=64, num_classes=4, size=8, seed=0, noise=20):
+  """Class k = mostly colour channel pattern k: linearly separable, learnable in a few steps."""
+  rng = np.random.default_rng(seed)
+  labels = np.arange(n) % num_classes
+  palette = rng.integers(0, 256, (num_classes, 3))
+  images = palette[labels][:, None, None, :] + rng.normal(0, noise, (n, size, size, 3))
+  images = np.clip(images, 0, 255).astype(np.uint8)
+  return images, labels
+
+
+def colour_source(n=64, num_classes=4, size=8, seed=0):
+  images, labels = colour_dataset(n, num_classes, size, seed)
+  return ArraySource(images, labels, [f"c{i}" for i in range(num_classes)], name="colours")
