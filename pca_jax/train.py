@@ -215,7 +215,7 @@ def make_eval_step(eval_size: int, mean=augment.IMAGENET_MEAN, std=augment.IMAGE
   return jax.jit(step)
 
 
-class _Progress:
+class Progress:
   """tqdm bar on a terminal; plain one-line messages (every log interval) otherwise."""
 
   def __init__(self, total: int, initial: int, desc: str):
@@ -258,7 +258,7 @@ def _truncate_jsonl(path: Path, max_step: int) -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_data: Any,
-          eval_data: Any = None, *, desc: str = "train",
+          eval_data: Any = None, *, desc: str = "train", final_eval: bool = True,
           log: Callable[[str], None] = print) -> tuple[TrainState, dict]:
   """Trains config.model on train_data with config.train; returns (final state, metrics).
 
@@ -343,7 +343,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
       stop["signal"] = signum
     previous = signal.signal(signal.SIGTERM, on_term)
 
-  progress = _Progress(total, start, desc)
+  progress = Progress(total, start, desc)
   eval_every = cfg.eval_every_epochs * steps_per_epoch if cfg.eval_every_epochs else 0
   last = {}
   t_last, n_last = time.time(), 0
@@ -399,7 +399,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
              "train_loss": last.get("loss"), "train_acc": last.get("acc"),
              "train_img_per_s": measured_imgs / measured_time if measured_time else None,
              "train_wall_s": wall}
-  if eval_data is not None:
+  if eval_data is not None and final_eval:
     ev = run_eval()
     metrics.update({f"eval_{k}": v for k, v in ev.items()})
     _append_jsonl(metrics_path, {"step": total, "epoch": total / steps_per_epoch,

@@ -20,14 +20,23 @@ import numpy as np
 from PIL import Image
 
 
-def fit_image(image: np.ndarray, size: int, crop_fraction: float = 1.0) -> np.ndarray:
-  """Resizes the shorter side to size / crop_fraction and centre-crops size x size (uint8 RGB).
+def fit_image(image: np.ndarray, size: int, crop_fraction: float = 1.0,
+              fit: str = "center_crop") -> np.ndarray:
+  """Brings an image to size x size uint8 RGB.
 
-  crop_fraction 0.875 with size 224 is the standard ImageNet eval transform (resize 256, crop 224).
+  fit="center_crop": resize the shorter side to size / crop_fraction, then centre-crop (crop_fraction
+  0.875 at 224 is the standard ImageNet eval transform, Resize(256) + CenterCrop(224)).
+  fit="squash": resize the WHOLE image to size x size (aspect not kept, nothing cropped); this is
+  how PCA puts whole images into mosaic cells.
   """
   h, w = image.shape[:2]
-  if (h, w) == (size, size) and crop_fraction == 1.0:
+  if (h, w) == (size, size) and (crop_fraction == 1.0 or fit == "squash"):
     return image
+  if fit == "squash":
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR,
+                                                    reducing_gap=None))
+  if fit != "center_crop":
+    raise ValueError(f"unknown fit {fit!r}; use center_crop or squash")
   short = int(round(size / crop_fraction))
   if h <= w:
     nh, nw = short, max(short, int(round(w * short / h)))
@@ -132,3 +141,28 @@ def train_batches(source: Any, global_batch: int, image_size: int, seed: int, nu
             "index": np.asarray(idx, np.int64)}
 
   return _finish(grain.MapDataset.range(start_step, total).map(load), num_threads, num_workers)
+
+
+def iter_images(source: Any, indices: np.ndarray, image_size: int, chunk: int,
+                fit: str = "center_crop", crop_fraction: float = 1.0,
+                num_threads: int = 8) -> Any:
+  """Yields (images uint8 [<=chunk, S, S, 3], labels [<=chunk]) for `indices`, in order.
+
+  Decoding and resizing run on Grain reader threads; only one chunk is in memory at a time.
+  """
+  indices = np.asarray(indices)
+
+  def load(i: int):
+    img, label = source[int(i)]
+    return fit_image(img, image_size, crop_fraction, fit), label
+
+  ds = grain.MapDataset.source(indices).map(load).to_iter_dataset(_read_options(num_threads))
+  images, labels = [], []
+  for img, label in ds:
+    images.append(img)
+    labels.append(label)
+    if len(images) == chunk:
+      yield np.stack(images), np.asarray(labels, np.int64)
+      images, labels = [], []
+  if images:
+    yield np.stack(images), np.asarray(labels, np.int64)
