@@ -333,6 +333,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
         num_threads=cfg.num_threads), mesh)
 
   def save(step):
+    if manager.latest_step() == step:  # already saved (e.g. SIGTERM right after a periodic save)
+      return
     manager.save(step, args=ocp.args.StandardSave(state), force=True)
     manager.wait_until_finished()
 
@@ -388,8 +390,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
         progress.close()
         raise Preempted(f"[{desc}] received SIGTERM: checkpoint saved at step {done}; rerun the "
                         "same command to resume")
-    if manager.latest_step() != total:
-      save(total)
+    save(total)
   finally:
     progress.close()
     if previous is not None:

@@ -60,6 +60,7 @@ def test_imagefolder_errors_and_corrupt_files(tmp_path):
   with pytest.raises(DataError, match="class_9 has no images"):
     ImageFolderSource(root)
   (root / "class_9" / "broken.jpg").write_bytes(b"")
+  (root / "class_9" / "text.jpg").write_text("not a JPEG at all")
   good = Image.new("RGB", (8, 8))
   good.save(root / "class_9" / "trunc.jpg")
   data = (root / "class_9" / "trunc.jpg").read_bytes()
@@ -70,8 +71,11 @@ def test_imagefolder_errors_and_corrupt_files(tmp_path):
   with pytest.raises(DataError, match="broken.jpg.*skip_corrupt"):
     src[i]
   skipping = ImageFolderSource(root, skip_corrupt=True)
-  assert len(skipping) == len(src) - 2 and len(skipping.skipped) == 2
-  assert {Path(p).name for p in skipping.skipped} == {"broken.jpg", "trunc.jpg"}
+  assert len(skipping) == len(src) - 3 and len(skipping.skipped) == 3
+  assert {Path(p).name for p in skipping.skipped} == {"broken.jpg", "trunc.jpg", "text.jpg"}
+  for name in ("trunc.jpg", "text.jpg"):
+    with pytest.raises(DataError, match=name):
+      src[[str(f) for f in src.files].index(str(root / "class_9" / name))]
 
 
 def test_tfds_mock_through_grain_pipeline():

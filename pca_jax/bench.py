@@ -1,0 +1,222 @@
+"""Speed and memory benchmarks (not tests). Prints a table and writes bench.json.
+
+  python -m pca_jax.bench                                   # train step, scoring, augmentation
+  python -m pca_jax.bench --what=train,score --size=112 --batch=64 --width=64
+  python -m pca_jax.bench --what=pipeline --n_images=2000   # Grain ImageFolder decode + resize
+  python -m pca_jax.bench --what=scoring_memory --n_images=50000 --size=64   # peak host RSS
+
+Every timing warms up first (compilation excluded), times >= --steps steps with
+block_until_ready, and reports the median and the spread (min..max) of img/s over the steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+flags.DEFINE_string("what", "train,score,augment", "comma list: train, score, augment, pipeline, "
+                    "scoring_memory")
+flags.DEFINE_integer("batch", 64, "global batch size")
+flags.DEFINE_integer("size", 32, "image resolution")
+flags.DEFINE_integer("width", 64, "ResNet width (64 = ResNet-18)")
+flags.DEFINE_string("model", "resnet18", "model name")
+flags.DEFINE_string("stem", "", "imagenet | small (default: small below 64px)")
+flags.DEFINE_string("dtype", "float32", "compute dtype")
+flags.DEFINE_integer("steps", 20, "timed steps")
+flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
+flags.DEFINE_integer("n_images", 2000, "images for pipeline / scoring_memory")
+flags.DEFINE_string("data_dir", "", "ImageFolder for pipeline / scoring_memory (made if empty)")
+flags.DEFINE_string("out", "bench.json", "where to write the results")
+FLAGS = flags.FLAGS
+
+
+def _rates(fn, n_per_step, steps, warmup):
+  import jax
+  out = fn()
+  jax.block_until_ready(out)  # compile
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  rates = sorted(n_per_step / t for t in times)
+  return {"img_per_s": statistics.median(rates), "min": rates[0], "max": rates[-1],
+          "steps": steps, "step_ms": 1000 * statistics.median(times)}
+
+
+def _model_and_state(num_classes=1000):
+  import jax
+  import ml_collections
+  from pca_jax import train
+  from pca_jax.models.resnet import create_model
+  stem = FLAGS.stem or ("small" if FLAGS.size < 64 else "imagenet")
+  model = create_model(FLAGS.model, num_classes, FLAGS.width, stem, FLAGS.dtype)
+  cfg = train.default_train_config()
+  cfg.update(dict(epochs=10, batch_size=FLAGS.batch))
+  tx, _ = train.make_optimizer(cfg, 100)
+  state = train.create_train_state(model, tx, jax.random.key(0), (FLAGS.size, FLAGS.size, 3))
+  return model, state, stem
+
+
+def bench_train():
+  """Train step on an in-memory set with on-device patch-constrained crops (the PCA hot path)."""
+  import jax
+  import numpy as np
+  from pca_jax import augment, parallel, train
+  mesh = parallel.make_mesh()
+  _, state, stem = _model_and_state()
+  state = parallel.replicate(state, mesh)
+  m = max(FLAGS.batch * 4, 256)
+  images = parallel.replicate(np.random.default_rng(0).integers(
+      0, 256, (m, FLAGS.size, FLAGS.size, 3), dtype=np.uint8), mesh)
+  labels = parallel.replicate(np.arange(m, dtype=np.int32) % 1000, mesh)
+  aug = augment.make_train_augment("patch", (FLAGS.size, FLAGS.size), (2, 2))
+  step = train.make_memory_train_step(aug, 1000, 0.0, 0, m, FLAGS.batch, m // FLAGS.batch, mesh)
+  box = {"state": state}
+
+  def one():
+    box["state"], metrics = step(box["state"], images, labels)
+    return metrics["loss"]
+  return {"stem": stem, **_rates(one, FLAGS.batch, FLAGS.steps, FLAGS.warmup)}
+
+
+def bench_score():
+  """EL2N scoring forward pass (eval mode)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from pca_jax import augment, parallel, scoring
+  mesh = parallel.make_mesh()
+  model, state, stem = _model_and_state()
+  variables = parallel.replicate({"params": state.params, "batch_stats": state.batch_stats}, mesh)
+  x, y = parallel.shard_batch((np.zeros((FLAGS.batch, FLAGS.size, FLAGS.size, 3), np.uint8),
+                               np.zeros(FLAGS.batch, np.int32)), mesh)
+  fwd = jax.jit(lambda v, x, y: scoring.el2n(model.apply(v, augment.normalize(x), train=False), y))
+  return {"stem": stem, **_rates(lambda: fwd(variables, x, y), FLAGS.batch, FLAGS.steps,
+                                 FLAGS.warmup)}
+
+
+def bench_augment():
+  """patch_constrained_crop + flip + normalize alone, on device."""
+  import jax
+  import numpy as np
+  from pca_jax import augment
+  aug = jax.jit(augment.make_train_augment("patch", (FLAGS.size, FLAGS.size), (2, 2)))
+  x = jax.device_put(np.zeros((FLAGS.batch, FLAGS.size, FLAGS.size, 3), np.uint8))
+  keys = iter(range(10 ** 9))
+  return _rates(lambda: aug(jax.random.key(next(keys)), x), FLAGS.batch, FLAGS.steps,
+                FLAGS.warmup)
+
+
+def _imagefolder(n: int, size: int) -> Path:
+  """An ImageFolder of n random JPEGs (10 classes), cached under the temp dir."""
+  import numpy as np
+  from PIL import Image
+  root = Path(FLAGS.data_dir or Path(tempfile.gettempdir()) / f"pca_jax_bench_{n}_{size}")
+  done = root / ".complete"
+  if done.exists():
+    return root
+  rng = np.random.default_rng(0)
+  for i in range(n):
+    d = root / f"class{i % 10}"
+    d.mkdir(parents=True, exist_ok=True)
+    img = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+    Image.fromarray(img).resize((size, size)).save(d / f"{i:06d}.jpg", quality=90)
+  done.write_text("ok")
+  return root
+
+
+def bench_pipeline():
+  """Host side: Grain reads an ImageFolder, decodes JPEGs and resizes (no model)."""
+  from pca_jax.data import pipeline
+  from pca_jax.data.sources import ImageFolderSource
+  src = ImageFolderSource(_imagefolder(FLAGS.n_images, max(FLAGS.size * 2, 64)))
+  t = time.perf_counter()
+  n = 0
+  for b in pipeline.ordered_batches(src, FLAGS.batch, FLAGS.size, 0.875, num_threads=8):
+    n += int(b["mask"].sum())
+  dt = time.perf_counter() - t
+  return {"img_per_s": n / dt, "images": n, "threads": 8, "cpus": os.cpu_count()}
+
+
+def _rss_mib() -> float:
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1]) / 1024
+  return float("nan")
+
+
+def bench_scoring_memory():
+  """Peak host RSS while streaming EL2N over an ImageFolder (the full-dataset scoring path)."""
+  import jax
+  from pca_jax import augment, parallel, scoring
+  from pca_jax.data import pipeline
+  from pca_jax.data.sources import ImageFolderSource
+  from pca_jax.models.resnet import create_model
+  root = _imagefolder(FLAGS.n_images, FLAGS.size)
+  src = ImageFolderSource(root)
+  model = create_model("resnet18", src.num_classes, 4, "small")  # narrow: memory, not FLOPs
+  v = jax.jit(lambda k: model.init(k, jax.numpy.zeros((1, FLAGS.size, FLAGS.size, 3)),
+                                   train=False))(jax.random.key(0))
+  rss_before = _rss_mib()
+  peak = [rss_before]
+
+  def progress(count):
+    peak[0] = max(peak[0], _rss_mib())
+  t = time.perf_counter()
+  batches = pipeline.ordered_batches(src, FLAGS.batch, FLAGS.size, num_threads=8)
+  out = scoring.score_dataset(lambda v, x: model.apply(v, augment.normalize(x), train=False), [v],
+                              batches, num_examples=len(src), batch_size=FLAGS.batch,
+                              mesh=parallel.make_mesh(), progress=progress)
+  dt = time.perf_counter() - t
+  ru_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return {"images": len(src), "size": FLAGS.size, "scored": int(out["seen"].sum()),
+          "rss_before_mib": rss_before, "peak_rss_sampled_mib": peak[0],
+          "peak_rss_process_mib": ru_peak, "img_per_s": len(src) / dt,
+          "under_2gib": ru_peak < 2048}
+
+
+BENCHES = {"train": bench_train, "score": bench_score, "augment": bench_augment,
+           "pipeline": bench_pipeline, "scoring_memory": bench_scoring_memory}
+
+
+def main(argv):
+  del argv
+  import jax
+  results = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
+             "devices": jax.device_count(), "batch": FLAGS.batch, "size": FLAGS.size,
+             "width": FLAGS.width, "model": FLAGS.model, "dtype": FLAGS.dtype, "results": {}}
+  for name in [w.strip() for w in FLAGS.what.split(",") if w.strip()]:
+    if name not in BENCHES:
+      raise app.UsageError(f"unknown --what {name!r}; choose from {sorted(BENCHES)}")
+    r = BENCHES[name]()
+    results["results"][name] = r
+    rate = r.get("img_per_s")
+    extra = "" if "min" not in r else f"  (min {r['min']:.1f}, max {r['max']:.1f})"
+    print(f"{name:>15}: {rate:10.1f} img/s{extra}"
+          + (f"  peak RSS {r['peak_rss_process_mib']:.0f} MiB" if name == "scoring_memory" else ""),
+          flush=True)
+  res = results["results"]
+  if "train" in res and "score" in res:
+    res["score_over_train"] = res["score"]["img_per_s"] / res["train"]["img_per_s"]
+    print(f"scoring / train img/s: {res['score_over_train']:.2f}")
+  if "train" in res and "augment" in res:
+    res["augment_share_of_step"] = res["train"]["img_per_s"] / res["augment"]["img_per_s"]
+    print(f"augmentation cost / train step: {100 * res['augment_share_of_step']:.1f}%")
+  from pca_jax.data.atomic import save_json
+  save_json(FLAGS.out, results)
+  print(f"wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+  app.run(main)
