@@ -117,6 +117,28 @@ def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
   return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
 
 
+def cutmix(key: jax.Array, images: jax.Array, alpha: float = 1.0) -> jax.Array:
+  """CutMix of images only (no label mixing): each example gets a box pasted from a shuffled partner.
+
+  Used by the soft-label protocol, where the teacher labels the mixed image itself. The box area
+  fraction is 1 - lambda with lambda ~ Beta(alpha, alpha), one lambda per batch (as in the reference
+  code). images [N, H, W, C] float -> same shape.
+  """
+  n, h, w, _ = images.shape
+  k_lam, k_perm, k_y, k_x = jax.random.split(key, 4)
+  lam = jax.random.beta(k_lam, alpha, alpha)
+  cut = jnp.sqrt(1.0 - lam)
+  ch, cw = jnp.floor(h * cut), jnp.floor(w * cut)
+  cy = jax.random.randint(k_y, (), 0, h)
+  cx = jax.random.randint(k_x, (), 0, w)
+  y0, y1 = jnp.clip(cy - ch // 2, 0, h), jnp.clip(cy + ch // 2, 0, h)
+  x0, x1 = jnp.clip(cx - cw // 2, 0, w), jnp.clip(cx + cw // 2, 0, w)
+  ys, xs = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+  inside = ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1))[None, :, :, None]
+  partner = images[jax.random.permutation(k_perm, n)]
+  return jnp.where(inside, partner, images)
+
+
 def normalize(images: jax.Array, mean: Sequence[float] = IMAGENET_MEAN,
               std: Sequence[float] = IMAGENET_STD) -> jax.Array:
   """uint8-range images -> (x / 255 - mean) / std in float32; mean/std per channel in [0, 1] units."""

@@ -80,7 +80,8 @@ def bench_train():
       0, 256, (m, FLAGS.size, FLAGS.size, 3), dtype=np.uint8), mesh)
   labels = parallel.replicate(np.arange(m, dtype=np.int32) % 1000, mesh)
   aug = augment.make_train_augment("patch", (FLAGS.size, FLAGS.size), (2, 2))
-  step = train.make_memory_train_step(aug, 1000, 0.0, 0, m, FLAGS.batch, m // FLAGS.batch, mesh)
+  step = train.make_memory_train_step(aug, train.LossSpec(1000), 0, m, FLAGS.batch,
+                                      m // FLAGS.batch, mesh)
   box = {"state": state}
 
   def one():

@@ -13,7 +13,8 @@ import ml_collections
 
 from pca_jax import train as train_lib
 
-STAGES = ("score", "select", "combine", "store", "train", "eval", "report")
+STAGES = ("score", "teacher", "select", "combine", "store", "train", "eval", "benchmark", "report")
+PCA_STAGES = ("score", "select", "combine", "store", "train", "eval", "report")
 SCORE_KINDS = ("el2n", "entropy")
 SELECT_MODES = ("easy", "hard", "random")
 FITS = ("squash", "center_crop")
@@ -22,7 +23,7 @@ FITS = ("squash", "center_crop")
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.stages = ",".join(STAGES)
+  c.stages = ",".join(PCA_STAGES)
   c.force = False
   c.method = "pca"
   c.jax_cache_dir = os.path.join(os.path.expanduser("~"), ".cache", "pca_jax", "jax")
@@ -52,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.score.num_models = 4             # K, averaged
   c.score.batch_size = 512           # forward pass batch (global)
   c.score.scores_path = ""           # precomputed [N] scores (.npy) instead of training
+  c.score.forgetting = False         # also count forgetting events (one correctness pass/epoch)
   c.score.train = train_lib.default_train_config()
   c.score.train.update(dict(
       epochs=10, batch_size=1024, optimizer="sgd", lr=0.1, scale_lr_by_batch=True,
@@ -72,6 +74,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.update(dict(epochs=300, batch_size=128, optimizer="adamw", lr=1e-3, weight_decay=0.01,
                       schedule="cosine", schedule_unit="epoch", crop="patch", crop_scale=(0.08, 1.0),
                       eval_every_epochs=50, checkpoint_every_steps=1000, eval_batch_size=500))
+
+  # The DC benchmark (stages teacher, benchmark): see pca_jax/benchmark.py.
+  c.benchmark = ml_collections.ConfigDict()
+  c.benchmark.methods = "random,el2n_easy,el2n_hard,entropy_easy,entropy_hard,forgetting,rded_like,pca"
+  c.benchmark.ipcs = (10, 50, 100)
+  c.benchmark.label_modes = ("hard", "soft")
+  c.benchmark.seeds = (0,)
+  c.benchmark.grids = ((1, 1), (2, 2), (3, 3))   # the PCA grid sweep at equal bytes
+  c.benchmark.external = ""          # "name=/path/imagefolder,name2=/path2"
+  c.benchmark.teacher_workdir = ""   # a finished pca_jax train workdir; empty = train one
+  c.benchmark.soft_label_bytes_per_value = 2    # fp16, for the storage column
+  c.benchmark.rded_pool = 300        # random candidate images per class for rded_like
+  c.benchmark.rded_crops_per_image = 5
+  c.benchmark.rded_crop_scale = (0.25, 1.0)
+  c.benchmark.teacher = train_lib.default_train_config()
+  c.benchmark.teacher.update(dict(
+      epochs=90, batch_size=1024, optimizer="sgd", lr=0.1, scale_lr_by_batch=True,
+      base_batch_size=256, weight_decay=5e-5, schedule="cosine", schedule_unit="step",
+      warmup_epochs=2, crop="rrc", eval_every_epochs=10, checkpoint_every_steps=2000,
+      log_every_steps=100))
   return c
 
 
@@ -124,15 +146,21 @@ def validate(config) -> None:
   except ValueError:
     raise ValueError(f"combine.grid={grid} does not divide data.image_size={size}; use an "
                      f"image size that is a multiple of {grid[0]} and {grid[1]}") from None
-  for name, tc in (("train", config.train), ("score.train", config.score.train)):
+  for name, tc in (("train", config.train), ("score.train", config.score.train),
+                   ("benchmark.teacher", config.benchmark.teacher)):
     if tc.crop not in CROP_KINDS:
       raise ValueError(f"unknown {name}.crop {tc.crop!r}; choose one of {CROP_KINDS}")
     for field in ("epochs", "batch_size", "eval_batch_size", "log_every_steps",
                   "checkpoint_every_steps"):
       if tc[field] < 1:
         raise ValueError(f"{name}.{field} must be >= 1, got {tc[field]}")
+    if tc.label_mode not in ("hard", "soft"):
+      raise ValueError(f"unknown {name}.label_mode {tc.label_mode!r}; use hard or soft")
     if not 0 < tc.crop_scale[0] <= tc.crop_scale[1] <= 1:
       raise ValueError(f"{name}.crop_scale must satisfy 0 < min <= max <= 1, got {tc.crop_scale}")
+  if "benchmark" in parse_stages(config.stages):
+    from pca_jax.benchmark import plan_cells
+    plan_cells(config.benchmark, config.combine.grid, size, {"x": 1})
   if config.data.source == "imagefolder" and not config.data.data_dir:
     raise ValueError("data.source='imagefolder' needs --config.data.data_dir=<root with "
                      f"{config.data.train_split}/ and {config.data.eval_split}/ class folders>")

@@ -42,11 +42,13 @@ _IGNORED = {"num_threads", "num_workers", "log_every_steps", "checkpoint_every_s
             "keep_checkpoints", "eval_every_epochs", "jax_cache_dir", "stages", "force"}
 _STAGE_KEYS = {
     "score": ("seed", "data", "model", "score"),
+    "teacher": ("benchmark",),
     "select": ("select",),
     "combine": ("combine",),
     "store": ("method",),
     "train": ("train",),
     "eval": (),
+    "benchmark": (),
     "report": (),
 }
 
@@ -143,15 +145,6 @@ def stage_score(run: Run) -> dict:
     _score_histogram(run, scores, labels, f"{cfg.score.kind} (precomputed)")
     return {**info, "precomputed": cfg.score.scores_path}
 
-  variables = []
-  k_models = cfg.score.num_models
-  train_metrics = []
-  for k in range(k_models):
-    mc = run.model_config(cfg.score.train, seed_offset=k + 1)
-    state, m = train.train(mc, run.path("score", f"model_{k}"), src, None,
-                           desc=f"score model {k + 1}/{k_models}", log=log)
-    variables.append(jax.device_get(train.variables_of(state)))
-    train_metrics.append({"train_loss": m["train_loss"], "train_acc": m["train_acc"]})
   model = create_model(cfg.model.name, src.num_classes, cfg.model.width, cfg.model.stem,
                        cfg.model.dtype)
 
@@ -160,20 +153,54 @@ def stage_score(run: Run) -> dict:
 
   mesh = parallel.make_mesh()
   local = parallel.check_batch_size(cfg.score.batch_size, mesh, "score.batch_size")
-  batches = pipeline.ordered_batches(src, local, cfg.data.image_size, cfg.data.eval_crop_fraction,
-                                     num_threads=cfg.data.num_threads,
-                                     num_workers=cfg.data.num_workers)
-  progress = train.Progress(n, 0, f"score {n} examples x {k_models} models")
-  done = [0]
 
-  def on_batch(count):
-    done[0] += count
-    progress.update(done[0], count, {}, done[0] == n)
-  try:
-    result = scoring.score_dataset(apply_fn, variables, batches, num_examples=n,
-                                   scores=("el2n", "entropy"), mesh=mesh, progress=on_batch)
-  finally:
-    progress.close()
+  def score_all(variables, names, desc):
+    batches = pipeline.ordered_batches(src, local, cfg.data.image_size,
+                                       cfg.data.eval_crop_fraction,
+                                       num_threads=cfg.data.num_threads,
+                                       num_workers=cfg.data.num_workers)
+    progress = train.Progress(n, 0, desc)
+    done = [0]
+
+    def on_batch(count):
+      done[0] += count
+      progress.update(done[0], count, {}, done[0] == n)
+    try:
+      return scoring.score_dataset(apply_fn, variables, batches, num_examples=n, scores=names,
+                                   mesh=mesh, progress=on_batch)
+    finally:
+      progress.close()
+
+  variables = []
+  k_models = cfg.score.num_models
+  train_metrics = []
+  forgetting = []
+  for k in range(k_models):
+    mc = run.model_config(cfg.score.train, seed_offset=k + 1)
+    wd = run.path("score", f"model_{k}")
+    desc = f"score model {k + 1}/{k_models}"
+    if cfg.score.forgetting:
+      # Train epoch by epoch (each call resumes from the last checkpoint) and record, after every
+      # epoch, which examples are classified correctly; forgetting = correct -> wrong transitions.
+      spe = pipeline.train_steps_per_epoch(n, cfg.score.train.batch_size)
+      history = []
+      for e in range(1, cfg.score.train.epochs + 1):
+        f = wd / f"correct_epoch{e}.npy"
+        if f.exists():
+          history.append(np.load(f))
+          continue
+        mc.train.max_steps = e * spe
+        state, m = train.train(mc, wd, src, None, desc=f"{desc} epoch {e}", log=log)
+        corr = score_all([jax.device_get(train.variables_of(state))], ("correct",),
+                         f"correctness after epoch {e}")["correct"][0] > 0.5
+        save_npy(f, corr)
+        history.append(corr)
+      forgetting.append(scoring.forgetting_counts(np.stack(history)))
+      mc.train.max_steps = 0
+    state, m = train.train(mc, wd, src, None, desc=desc, log=log)
+    variables.append(jax.device_get(train.variables_of(state)))
+    train_metrics.append({"train_loss": m["train_loss"], "train_acc": m["train_acc"]})
+  result = score_all(variables, ("el2n", "entropy"), f"score {n} examples x {k_models} models")
   if not result["seen"].all():
     raise ValueError(f"{int((~result['seen']).sum())} examples were not scored; the pipeline "
                      "dropped data")
@@ -183,6 +210,9 @@ def stage_score(run: Run) -> dict:
       save_npy(run.path(f"scores_{name}.npy"), result[name].mean(axis=0))
     scores = result[cfg.score.kind].mean(axis=0)
     save_npy(run.path("scores.npy"), scores)
+    if forgetting:
+      save_npy(run.path("score", "forgetting_per_model.npy"), np.stack(forgetting))
+      save_npy(run.path("scores_forgetting.npy"), np.mean(forgetting, axis=0))
     _score_histogram(run, scores, labels, f"{cfg.score.kind}, mean of {k_models} models")
   corr = float(np.corrcoef(result["el2n"].mean(0), result["entropy"].mean(0))[0, 1])
   return {**info, "models": train_metrics, "el2n_entropy_corr": corr}
@@ -265,34 +295,23 @@ def stage_select(run: Run) -> dict:
 
 def stage_combine(run: Run) -> dict:
   import numpy as np
-  from pca_jax.combine import make_mosaics
   from pca_jax.config import cells
   from pca_jax.data import pipeline
   from pca_jax.data.atomic import atomic_dir
 
   cfg = run.config
   idx = np.load(run.require("selected.npy", "select"))
-  k = cells(cfg)
   size = cfg.data.image_size
   grid = tuple(int(g) for g in cfg.combine.grid)
-  m = len(idx) // k
-  chunk = k * max(1, 256 // k)
+  m = len(idx) // cells(cfg)
   with atomic_dir(run.path("combine")) as tmp:
     mosaics = np.lib.format.open_memmap(tmp / "mosaics.npy", "w+", np.uint8, (m, size, size, 3))
-    labels = np.zeros(m, np.int32)
-    pos = 0
-    for images, lab in pipeline.iter_images(run.train_source, idx, size, chunk,
-                                            fit=cfg.combine.fit, num_threads=cfg.data.num_threads):
-      out, out_labels = make_mosaics(images, lab, grid, (size, size))
-      mosaics[pos:pos + len(out)] = np.asarray(out)
-      labels[pos:pos + len(out)] = out_labels
-      pos += len(out)
+    _, labels = pipeline.mosaics_from_source(run.train_source, idx, grid, size, cfg.combine.fit,
+                                             cfg.data.num_threads, out=mosaics)
     mosaics.flush()
     del mosaics
-    if pos != m:
-      raise ValueError(f"combine produced {pos} mosaics, expected {m}; the source changed")
     np.save(tmp / "labels.npy", labels)
-  return {"mosaics": m, "grid": list(grid), "images_per_mosaic": k}
+  return {"mosaics": m, "grid": list(grid), "images_per_mosaic": cells(cfg)}
 
 
 def stage_store(run: Run) -> dict:
@@ -422,9 +441,19 @@ def stage_report(run: Run) -> dict:
   return {"top1": results["top1"]}
 
 
-STAGE_FNS = {"score": stage_score, "select": stage_select, "combine": stage_combine,
-             "store": stage_store, "train": stage_train, "eval": stage_eval,
-             "report": stage_report}
+def stage_teacher(run: Run) -> dict:
+  from pca_jax import benchmark
+  return benchmark.stage_teacher(run, log)
+
+
+def stage_benchmark(run: Run) -> dict:
+  from pca_jax import benchmark
+  return benchmark.run_benchmark(run, log)
+
+
+STAGE_FNS = {"score": stage_score, "teacher": stage_teacher, "select": stage_select,
+             "combine": stage_combine, "store": stage_store, "train": stage_train,
+             "eval": stage_eval, "benchmark": stage_benchmark, "report": stage_report}
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -452,9 +481,9 @@ def run_pipeline(config, workdir: str | os.PathLike) -> dict:
   run = Run(config, Path(workdir))
   # Open the datasets before writing anything, so a missing/misconfigured dataset fails first.
   try:
-    if set(stages) & {"score", "select", "combine", "store"}:
+    if set(stages) & {"score", "teacher", "select", "combine", "store", "benchmark"}:
       run.train_source
-    if set(stages) & {"train", "eval"}:
+    if set(stages) & {"teacher", "train", "eval", "benchmark"}:
       run.eval_source
   except ValueError:
     if not existed:  # leave no empty run directory behind
@@ -468,7 +497,7 @@ def run_pipeline(config, workdir: str | os.PathLike) -> dict:
   for stage in stages:
     marker = run.path("stages", f"{stage}.json")
     fp = fingerprint(config, stage)
-    if stage != "report" and marker.exists() and not config.force:
+    if stage not in ("benchmark", "report") and marker.exists() and not config.force:
       old = json.loads(marker.read_text())
       if old.get("fingerprint") == fp:
         log(f"[{stage}] already done ({old['wall_s']:.1f}s); skipped (--config.force=True reruns)")

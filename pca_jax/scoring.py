@@ -40,6 +40,7 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
 SCORE_FNS: Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
     "el2n": lambda logits, labels: el2n(logits, labels),
     "entropy": lambda logits, labels: entropy(logits),
+    "correct": lambda logits, labels: correct(logits, labels).astype(jnp.float32),
 }
 
 

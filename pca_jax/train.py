@@ -72,6 +72,9 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.step_epochs = (30, 60, 90)
   c.step_gamma = 0.1
   c.label_smoothing = 0.0
+  c.label_mode = "hard"           # "hard": one-hot CE; "soft": KL to a teacher on every view
+  c.temperature = 20.0            # soft labels: KL(softmax(teacher/T) || softmax(student/T))
+  c.cutmix_alpha = 1.0            # soft labels only (the reference soft-label config); 0 = off
   c.crop = "rrc"                  # "patch" | "rrc" | "none"
   c.grid = (1, 1)                 # mosaic grid for crop="patch"
   c.crop_scale = (0.08, 1.0)
@@ -144,15 +147,41 @@ def variables_of(state: TrainState) -> dict:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def _train_update(state: TrainState, views, labels, weights, num_classes, label_smoothing):
-  """One SGD/AdamW update on normalised views; weights mask padded examples out of the loss."""
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
-      if label_smoothing else jax.nn.one_hot(labels, num_classes)
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """How the step turns views into a loss: hard labels, or a teacher's soft labels per view."""
+  num_classes: int
+  label_smoothing: float = 0.0
+  teacher_apply: Callable | None = None   # (variables, views) -> logits, eval mode
+  temperature: float = 20.0
+  cutmix_alpha: float = 0.0
+
+
+def _train_update(state: TrainState, views, labels, weights, spec: LossSpec, teacher_vars, key):
+  """One SGD/AdamW update on normalised views; weights mask padded examples out of the loss.
+
+  Soft mode (spec.teacher_apply set): optional CutMix of the views, then the loss is the
+  batch-mean KL(softmax(teacher/T) || softmax(student/T)) computed on the very same views (soft
+  labels on the fly, as in the SRe2L/RDED evaluation protocol; no T^2 factor, as in their code).
+  """
+  if spec.teacher_apply is None:
+    targets = jax.nn.one_hot(labels, spec.num_classes)
+    if spec.label_smoothing:
+      targets = optax.smooth_labels(targets, spec.label_smoothing)
+  else:
+    if spec.cutmix_alpha:
+      views = augment.cutmix(key, views, spec.cutmix_alpha)
+    teacher_logits = jax.lax.stop_gradient(spec.teacher_apply(teacher_vars, views))
+    targets = jax.nn.softmax(teacher_logits / spec.temperature, axis=-1)
 
   def loss_fn(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, views,
                                      train=True, mutable=["batch_stats"])
-    per_example = optax.softmax_cross_entropy(logits, targets)
+    if spec.teacher_apply is None:
+      per_example = optax.softmax_cross_entropy(logits, targets)
+    else:
+      logp = jax.nn.log_softmax(logits / spec.temperature, axis=-1)
+      per_example = jnp.sum(targets * (jnp.log(jnp.maximum(targets, 1e-12)) - logp), axis=-1)
     loss = jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
     return loss, (logits, updates)
 
@@ -163,22 +192,26 @@ def _train_update(state: TrainState, views, labels, weights, num_classes, label_
   return state, {"loss": loss, "acc": acc}
 
 
-def make_train_step(augment_fn, num_classes: int, label_smoothing: float, seed: int, mesh):
-  """jit(state, images uint8 [B,...], labels [B]) -> (state, metrics). Key = fold_in(seed, step)."""
+def make_train_step(augment_fn, spec: LossSpec, seed: int, mesh):
+  """jit(state, images uint8 [B,...], labels [B], teacher_vars) -> (state, metrics).
+
+  The augmentation key is fold_in(seed, step): the step is a pure function of (state, batch).
+  """
   base = jax.random.key(seed)
   shard = parallel.batch_sharding(mesh)
 
-  def step(state, images, labels):
+  def step(state, images, labels, teacher_vars=None):
     key = jax.random.fold_in(base, state.step)
-    views = jax.lax.with_sharding_constraint(augment_fn(key, images), shard)
-    return _train_update(state, views, labels, jnp.ones(labels.shape, jnp.float32), num_classes,
-                         label_smoothing)
+    k_aug, k_mix = jax.random.split(key)
+    views = jax.lax.with_sharding_constraint(augment_fn(k_aug, images), shard)
+    return _train_update(state, views, labels, jnp.ones(labels.shape, jnp.float32), spec,
+                         teacher_vars, k_mix)
   return jax.jit(step, donate_argnums=(0,))
 
 
-def make_memory_train_step(augment_fn, num_classes: int, label_smoothing: float, seed: int,
-                           num_images: int, batch: int, steps_per_epoch: int, mesh):
-  """jit(state, all_images, all_labels) -> (state, metrics) for an on-device compressed set.
+def make_memory_train_step(augment_fn, spec: LossSpec, seed: int, num_images: int, batch: int,
+                           steps_per_epoch: int, mesh):
+  """jit(state, all_images, all_labels, teacher_vars) -> (state, metrics), on-device data.
 
   Epoch e visits permutation(fold_in(seed_data, e)) of the set in `steps_per_epoch` batches; the
   last batch of an epoch is completed with other random images that are masked out of the loss,
@@ -188,7 +221,7 @@ def make_memory_train_step(augment_fn, num_classes: int, label_smoothing: float,
   data_key = jax.random.fold_in(base, 1 << 30)
   shard = parallel.batch_sharding(mesh)
 
-  def step(state, all_images, all_labels):
+  def step(state, all_images, all_labels, teacher_vars=None):
     epoch, j = jnp.divmod(state.step, steps_per_epoch)
     ekey = jax.random.fold_in(data_key, epoch)
     perm = jax.random.permutation(ekey, num_images)
@@ -199,9 +232,10 @@ def make_memory_train_step(augment_fn, num_classes: int, label_smoothing: float,
                                                      filler), shard)
     images, labels = all_images[idx], all_labels[idx]
     key = jax.random.fold_in(base, state.step)
-    views = jax.lax.with_sharding_constraint(augment_fn(key, images), shard)
-    return _train_update(state, views, labels, valid.astype(jnp.float32), num_classes,
-                         label_smoothing)
+    k_aug, k_mix = jax.random.split(key)
+    views = jax.lax.with_sharding_constraint(augment_fn(k_aug, images), shard)
+    return _train_update(state, views, labels, valid.astype(jnp.float32), spec, teacher_vars,
+                         k_mix)
   return jax.jit(step, donate_argnums=(0,))
 
 
@@ -259,6 +293,7 @@ def _truncate_jsonl(path: Path, max_step: int) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_data: Any,
           eval_data: Any = None, *, desc: str = "train", final_eval: bool = True,
+          teacher: tuple[Callable, Any] | None = None,
           log: Callable[[str], None] = print) -> tuple[TrainState, dict]:
   """Trains config.model on train_data with config.train; returns (final state, metrics).
 
@@ -312,14 +347,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
   elif metrics_path.exists() and jax.process_index() == 0:
     metrics_path.unlink()
 
+  if cfg.label_mode not in ("hard", "soft"):
+    raise ValueError(f"unknown train.label_mode {cfg.label_mode!r}; use hard or soft")
+  if cfg.label_mode == "soft" and teacher is None:
+    raise ValueError("train.label_mode='soft' needs a teacher (the benchmark's teacher stage)")
+  spec = LossSpec(num_classes, cfg.label_smoothing,
+                  teacher[0] if cfg.label_mode == "soft" else None, cfg.temperature,
+                  cfg.cutmix_alpha if cfg.label_mode == "soft" else 0.0)
+  teacher_vars = parallel.replicate(teacher[1], mesh) if spec.teacher_apply else None
   if in_memory:
-    step_fn = make_memory_train_step(augment_fn, num_classes, cfg.label_smoothing, cfg.seed, n,
-                                     batch, steps_per_epoch, mesh)
+    step_fn = make_memory_train_step(augment_fn, spec, cfg.seed, n, batch, steps_per_epoch, mesh)
     all_images = parallel.replicate(np.asarray(train_data.images), mesh)
     all_labels = parallel.replicate(np.asarray(train_data.labels, np.int32), mesh)
     batches = None
   else:
-    step_fn = make_train_step(augment_fn, num_classes, cfg.label_smoothing, cfg.seed, mesh)
+    step_fn = make_train_step(augment_fn, spec, cfg.seed, mesh)
     batches = iter(pipeline.train_batches(train_data, batch, cfg.image_size, cfg.seed,
                                           cfg.epochs, start_step=start, num_threads=cfg.num_threads,
                                           num_workers=cfg.num_workers))
@@ -355,11 +397,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
   try:
     for step in range(start, total):
       if in_memory:
-        state, m = step_fn(state, all_images, all_labels)
+        state, m = step_fn(state, all_images, all_labels, teacher_vars)
       else:
         b = next(batches)
         images, labels = parallel.shard_batch((b["image"], b["label"]), mesh)
-        state, m = step_fn(state, images, labels)
+        state, m = step_fn(state, images, labels, teacher_vars)
       done = step + 1
       n_last += batch
       is_log = done % cfg.log_every_steps == 0 or done == total
@@ -417,3 +459,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                        train_data: Any, eval_data: Any = None) -> dict:
   """Trains and evaluates; returns the metrics dict (see `train` for the final state)."""
   return train(config, workdir, train_data, eval_data)[1]
+
+
+def load_variables(workdir: str | os.PathLike) -> dict:
+  """{"params", "batch_stats"} of the latest checkpoint in <workdir>/checkpoints (any pca_jax run)."""
+  ckpt = (Path(workdir) / "checkpoints").absolute()
+  if not ckpt.is_dir():
+    raise ValueError(f"no checkpoints in {workdir}; train the model first or fix the path")
+  manager = ocp.CheckpointManager(ckpt)
+  step = manager.latest_step()
+  if step is None:
+    raise ValueError(f"no finished checkpoint in {ckpt}; train the model first")
+  tree = manager.restore(step, args=ocp.args.StandardRestore())
+  return {"params": tree["params"], "batch_stats": tree["batch_stats"]}

@@ -166,3 +166,30 @@ def iter_images(source: Any, indices: np.ndarray, image_size: int, chunk: int,
       images, labels = [], []
   if images:
     yield np.stack(images), np.asarray(labels, np.int64)
+
+
+def mosaics_from_source(source: Any, indices: np.ndarray, grid: tuple[int, int], image_size: int,
+                        fit: str = "squash", num_threads: int = 8,
+                        out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Loads source[indices] (grouped by class, rows*cols per mosaic) and combines them.
+
+  Returns (mosaics uint8 [len/cells, S, S, 3], labels int32). `out` may be a preallocated
+  (memory-mapped) array to fill, so ImageNet-sized sets never sit in memory at once.
+  """
+  from pca_jax.combine import make_mosaics
+  cells = int(grid[0]) * int(grid[1])
+  m = len(indices) // cells
+  if out is None:
+    out = np.zeros((m, image_size, image_size, 3), np.uint8)
+  labels = np.zeros(m, np.int32)
+  pos = 0
+  chunk = cells * max(1, 256 // cells)
+  for images, lab in iter_images(source, indices, image_size, chunk, fit=fit,
+                                 num_threads=num_threads):
+    mosaics, mosaic_labels = make_mosaics(images, lab, tuple(grid), (image_size, image_size))
+    out[pos:pos + len(mosaics)] = np.asarray(mosaics)
+    labels[pos:pos + len(mosaics)] = mosaic_labels
+    pos += len(mosaics)
+  if pos != m:
+    raise ValueError(f"built {pos} mosaics, expected {m}; the source changed while reading")
+  return out, labels
