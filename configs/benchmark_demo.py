@@ -1,7 +1,7 @@
 """The DC benchmark on the bundled demo data (digits, 16x16), on a 2-core CPU in tens of minutes.
 
 Methods x IPC {1, 5, 10} x {hard, soft} labels, plus the PCA grid sweep 1x1 / 2x2 / 4x4 at equal
-bytes. Student: ResNet-18 (small stem, width 16), 100 epochs (not the paper's 300: CPU budget; the
+bytes, and for mosaics training/testing at the patch (cell) resolution next to full resolution. Student: ResNet-18 (small stem, width 16), 100 epochs (not the paper's 300: CPU budget; the
 same for every method). Teacher: the same architecture trained 15 epochs on the full train split.
 Scores: EL2N / entropy / forgetting from 2 models x 3 epochs.
 
@@ -21,6 +21,7 @@ def get_config():
   c.benchmark.ipcs = (1, 5, 10)
   c.benchmark.seeds = (0,)
   c.benchmark.grids = ((1, 1), (2, 2), (4, 4))
+  c.benchmark.resolutions = ("full", "patch")  # issue: train/test at the cell size too
   c.benchmark.rded_pool = 100
   c.benchmark.teacher.update(dict(
       epochs=15, batch_size=64, optimizer="adamw", lr=2e-3, scale_lr_by_batch=False,

@@ -35,12 +35,14 @@ PRUNE_METHODS = {  # name -> (score file, selection mode)
 }
 METHODS = ("random", *PRUNE_METHODS, "rded_like", "pca", "external")
 LABEL_MODES = ("hard", "soft")
-_CELL_FIELDS = ("methods", "ipcs", "label_modes", "seeds", "grids", "external")
+_CELL_FIELDS = ("methods", "ipcs", "label_modes", "seeds", "grids", "external", "resolutions")
 
 
 def cell_id(c: dict) -> str:
   g = c["grid"]
-  return f"{c['method']}-ipc{c['ipc']}-g{g[0]}x{g[1]}-{c['label']}-s{c['seed']}"
+  res = c.get("resolution", "full")
+  return (f"{c['method']}-ipc{c['ipc']}-g{g[0]}x{g[1]}-{c['label']}-s{c['seed']}"
+          + ("" if res == "full" else f"-r{res}"))
 
 
 def plan_cells(bench, combine_grid: Sequence[int], image_size: int,
@@ -77,12 +79,18 @@ def plan_cells(bench, combine_grid: Sequence[int], image_size: int,
           skipped.append({"method": method, "grid": grid,
                           "reason": f"grid {grid[0]}x{grid[1]} does not divide {image_size}px"})
           continue
+        # other resolutions only differ from "full" for mosaics with square cells
+        resolutions = [r for r in bench.get("resolutions", ("full",))
+                       if r == "full" or (grid[0] == grid[1] > 1)]
         for ipc in ([external[name]] if name else ipcs):
           for label in bench.label_modes:
             for seed in bench.seeds:
-              c = {"method": method if not name else f"external:{name}", "ipc": int(ipc),
-                   "grid": (int(grid[0]), int(grid[1])), "label": label, "seed": int(seed)}
-              cells.append(c)
+              for res in resolutions:
+                c = {"method": method if not name else f"external:{name}", "ipc": int(ipc),
+                     "grid": (int(grid[0]), int(grid[1])), "label": label, "seed": int(seed)}
+                if res != "full":
+                  c["resolution"] = res
+                cells.append(c)
   return cells, skipped
 
 
@@ -95,12 +103,15 @@ def aggregate(rows: list[dict]) -> list[dict]:
   """Mean and sample std of top-1 over seeds per (method, grid, ipc, label)."""
   groups: dict[tuple, list[dict]] = {}
   for r in rows:
-    key = (r["method"], tuple(r["grid"]), int(r["ipc"]), r["label"])
+    key = (r["method"], tuple(r["grid"]), int(r["ipc"]), r["label"], r.get("resolution", "full"))
     groups.setdefault(key, []).append(r)
   out = []
-  for (method, grid, ipc, label), rs in sorted(groups.items()):
+  for (method, grid, ipc, label, res), rs in sorted(groups.items()):
     acc = np.array([r["top1"] for r in rs], float)
-    out.append({"method": method, "grid": grid, "ipc": ipc, "label": label, "n": len(rs),
+    out.append({"method": method, "grid": grid, "ipc": ipc, "label": label, "resolution": res,
+                "n": len(rs), "train_img_per_s": float(np.mean(
+                    [r.get("train_img_per_s") or 0.0 for r in rs])),
+                "train_wall_s": float(np.mean([r.get("train_wall_s") or 0.0 for r in rs])),
                 "top1_mean": float(acc.mean()), "top1_std": float(acc.std(ddof=1)) if len(rs) > 1
                 else 0.0, "bytes_images": rs[0]["bytes_images"],
                 "bytes_soft_labels": rs[0]["bytes_soft_labels"],
@@ -108,8 +119,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
   return out
 
 
-def _name(method: str, grid) -> str:
-  return f"{method} {grid[0]}x{grid[1]}" if method == "pca" else method
+def _name(method: str, grid, resolution: str = "full") -> str:
+  name = f"{method} {grid[0]}x{grid[1]}" if method == "pca" else method
+  return name if resolution == "full" else f"{name} @{resolution}-res"
 
 
 def _human(nbytes: float) -> str:
@@ -124,10 +136,10 @@ def markdown_table(agg: list[dict], title: str = "") -> str:
   """Paper-style table: a row per method (and grid), columns IPC x label mode, plus storage."""
   ipcs = sorted({a["ipc"] for a in agg})
   labels = [l for l in LABEL_MODES if any(a["label"] == l for a in agg)]
-  by = {(_name(a["method"], a["grid"]), a["ipc"], a["label"]): a for a in agg}
+  by = {(_name(a["method"], a["grid"], a.get("resolution", "full")), a["ipc"], a["label"]): a for a in agg}
   names = []
   for a in agg:
-    n = _name(a["method"], a["grid"])
+    n = _name(a["method"], a["grid"], a.get("resolution", "full"))
     if n not in names:
       names.append(n)
   head = ["method"] + [f"IPC{i} {l}" for i in ipcs for l in labels]
@@ -155,7 +167,7 @@ def markdown_table(agg: list[dict], title: str = "") -> str:
 
 def grid_table(agg: list[dict]) -> str:
   """PCA top-1 vs grid at equal bytes, per IPC and label mode."""
-  pca = [a for a in agg if a["method"] == "pca"]
+  pca = [a for a in agg if a["method"] == "pca" and a.get("resolution", "full") == "full"]
   if not pca:
     return ""
   grids = sorted({a["grid"] for a in pca})
@@ -171,16 +183,34 @@ def grid_table(agg: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def resolution_table(agg: list[dict]) -> str:
+  """Full vs patch (vs blur) resolution per mosaic method: top-1, train throughput, wall time."""
+  res = [a for a in agg if a.get("resolution", "full") != "full"]
+  if not res:
+    return ""
+  lines = ["## Resolution: train/eval at full size vs at the patch size (equal bytes)", "",
+           "| method | IPC | labels | resolution | top-1 % | train img/s | train wall s |",
+           "|---|---|---|---|---|---|---|"]
+  keys = sorted({(a["method"], a["grid"], a["ipc"], a["label"]) for a in res})
+  for m, g, i, l in keys:
+    for a in agg:
+      if (a["method"], a["grid"], a["ipc"], a["label"]) == (m, g, i, l):
+        lines.append(f"| {_name(m, g)} | {i} | {l} | {a.get('resolution', 'full')} | "
+                     f"{a['top1_mean']:.1f} | {a['train_img_per_s']:.0f} | "
+                     f"{a['train_wall_s']:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
 def write_csv(rows: list[dict], path) -> None:
   from pca_jax.data.atomic import save_text
-  fields = ["method", "ipc", "grid", "label", "seed", "top1", "top5", "stored_images",
+  fields = ["method", "ipc", "grid", "label", "seed", "resolution", "view_size", "top1", "top5", "stored_images",
             "source_images_per_class", "bytes_images", "bytes_soft_labels", "train_wall_s",
             "train_img_per_s"]
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
   w.writeheader()
   for r in sorted(rows, key=lambda r: (r["method"], tuple(r["grid"]), r["ipc"], r["label"],
-                                       r["seed"])):
+                                       r["seed"], r.get("resolution", "full"))):
     w.writerow({**r, "grid": f"{r['grid'][0]}x{r['grid'][1]}"})
   save_text(path, buf.getvalue())
 
@@ -197,12 +227,12 @@ def plot(agg: list[dict], path, title: str) -> None:
   for ax, l in zip(axes[0], labels):
     names = []
     for a in agg:
-      n = _name(a["method"], a["grid"])
+      n = _name(a["method"], a["grid"], a.get("resolution", "full"))
       if a["label"] == l and n not in names:
         names.append(n)
     for n in names:
       pts = sorted((a["ipc"], a["top1_mean"], a["top1_std"]) for a in agg
-                   if a["label"] == l and _name(a["method"], a["grid"]) == n)
+                   if a["label"] == l and _name(a["method"], a["grid"], a.get("resolution", "full")) == n)
       x, y, e = zip(*pts)
       style = "-o" if n.startswith("pca") else "--s" if n.startswith("external") else "-."
       ax.errorbar(x, y, yerr=e, fmt=style, capsize=3, label=n, lw=2 if n == "pca 2x2" else 1)
@@ -230,7 +260,7 @@ def config_fingerprint(config) -> str:
     d["data"].pop(k, None)
   for t in (d["train"], d["score"]["train"], d["benchmark"].get("teacher", {})):
     for k in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "num_threads",
-              "eval_every_epochs"):
+              "eval_every_epochs", "resolution"):
       t.pop(k, None)
   return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -395,6 +425,12 @@ def build_set(run, method: str, ipc: int, grid, seed: int, teacher_fn) -> Path:
   return path
 
 
+def _sized(tc, cfg):
+  t = copy.deepcopy(tc)
+  t.image_size = cfg.data.image_size
+  return t
+
+
 def run_benchmark(run, log) -> dict:
   """Runs every planned cell that has no up-to-date row.json; writes the tables and the plot."""
   import shutil
@@ -446,6 +482,7 @@ def run_benchmark(run, log) -> dict:
     tc.crop = "patch" if cell["method"] == "pca" else "rrc"
     tc.grid = tuple(cell["grid"])
     tc.label_mode = cell["label"]
+    tc.resolution = cell.get("resolution", "full")
     tc.eval_every_epochs = 0
     mc = run.model_config(tc, seed_offset=100 + cell["seed"])
     _, m = train.train(mc, out, train.InMemoryData(images, labels, num_classes),
@@ -459,6 +496,7 @@ def run_benchmark(run, log) -> dict:
            "bytes_soft_labels": soft_label_bytes(m_images, tc.epochs, num_classes,
                                                  bench.soft_label_bytes_per_value),
            "train_wall_s": m["train_wall_s"], "train_img_per_s": m["train_img_per_s"],
+           "resolution": tc.resolution, "view_size": train.view_sizes(_sized(tc, cfg))[0],
            "fingerprint": fp}
     save_json(row_path, row)
     log(f"[benchmark] {cid}: top-1 {row['top1']:.2f}%")
@@ -467,7 +505,7 @@ def run_benchmark(run, log) -> dict:
   agg = aggregate(rows)
   title = f"DC benchmark: {run.train_source.name}, {cfg.model.name} (width {cfg.model.width}), " \
           f"{cfg.train.epochs} epochs, test top-1 %"
-  md = markdown_table(agg, title) + "\n" + grid_table(agg)
+  md = markdown_table(agg, title) + "\n" + grid_table(agg) + "\n" + resolution_table(agg)
   if skipped:
     md += "\nNot run:\n\n" + "\n".join(
         f"- {s['method']} grid {s['grid'][0]}x{s['grid'][1]}"

@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.benchmark.label_modes = ("hard", "soft")
   c.benchmark.seeds = (0,)
   c.benchmark.grids = ((1, 1), (2, 2), (3, 3))   # the PCA grid sweep at equal bytes
+  c.benchmark.resolutions = ("full",)   # add "patch" (and/or "blur") for mosaic methods
   c.benchmark.external = ""          # "name=/path/imagefolder,name2=/path2"
   c.benchmark.teacher_workdir = ""   # a finished pca_jax train workdir; empty = train one
   c.benchmark.soft_label_bytes_per_value = 2    # fp16, for the storage column
@@ -154,6 +155,14 @@ def validate(config) -> None:
                   "checkpoint_every_steps"):
       if tc[field] < 1:
         raise ValueError(f"{name}.{field} must be >= 1, got {tc[field]}")
+    if name == "train" and tc.resolution != "full":
+      probe = tc.copy_and_resolve_references()
+      probe.image_size, probe.grid = size, tuple(config.combine.grid)
+      try:
+        train_lib.view_sizes(probe)
+      except ValueError as e:
+        raise ValueError(f"{e} (combine.grid={tuple(config.combine.grid)}, "
+                         f"data.image_size={size})") from None
     if tc.label_mode not in ("hard", "soft"):
       raise ValueError(f"unknown {name}.label_mode {tc.label_mode!r}; use hard or soft")
     if not 0 < tc.crop_scale[0] <= tc.crop_scale[1] <= 1:

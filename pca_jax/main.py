@@ -404,6 +404,7 @@ def stage_report(run: Run) -> dict:
       "bytes_images": manifest["bytes"]["images"] if manifest else None,
       "bytes_labels": manifest["bytes"]["labels"] if manifest else None,
       "train_epochs": cfg.train.epochs, "train_steps": tr.get("steps"),
+      "resolution": cfg.train.resolution,
       "train_img_per_s": tr.get("train_img_per_s"), "wall_s": stages,
   }
   save_json(run.path("results.json"), results)
@@ -421,8 +422,8 @@ def stage_report(run: Run) -> dict:
       f"Student: {cfg.model.name} (width {cfg.model.width}, {cfg.model.stem} stem), "
       f"{cfg.train.epochs} epochs, {cfg.train.optimizer} lr {cfg.train.lr}, batch "
       f"{cfg.train.batch_size}, hard labels, patch-constrained crops "
-      f"(scale {tuple(cfg.train.crop_scale)}); evaluated on {fmt(results['test_images'], '{}')} "
-      f"images of the {cfg.data.eval_split} split.",
+      f"(scale {tuple(cfg.train.crop_scale)}), {cfg.train.resolution} resolution; evaluated on "
+      f"{fmt(results['test_images'], '{}')} images of the {cfg.data.eval_split} split.",
       f"Prune: {cfg.select.mode} {cfg.score.kind}, mean of {cfg.score.num_models} models trained "
       f"{cfg.score.train.epochs} epochs on the full train set"
       + (f" (precomputed: {cfg.score.scores_path})" if cfg.score.scores_path else "") + ".", "",

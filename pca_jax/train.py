@@ -80,7 +80,10 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.crop_scale = (0.08, 1.0)
   c.crop_ratio = (3 / 4, 4 / 3)
   c.flip = True
-  c.image_size = 224              # training view size (and eval size unless eval_image_size)
+  c.image_size = 224              # stored image size (views are this size when resolution=full)
+  c.resolution = "full"           # "full": views and eval at image_size (the paper's protocol);
+                                  # "patch": views and eval at the cell size image_size / grid;
+                                  # "blur": train full, eval on test images down-up resized to the cell
   c.eval_image_size = 0           # 0 = image_size
   c.eval_every_epochs = 50
   c.eval_batch_size = 256
@@ -239,11 +242,46 @@ def make_memory_train_step(augment_fn, spec: LossSpec, seed: int, num_images: in
   return jax.jit(step, donate_argnums=(0,))
 
 
-def make_eval_step(eval_size: int, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD):
-  """jit(state, images uint8, labels, mask) -> summed metrics (resize to eval_size if needed)."""
+RESOLUTIONS = ("full", "patch", "blur")
+
+
+def view_sizes(cfg: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(training view size, eval image size, blur size or 0) for cfg.resolution and cfg.grid."""
+  if cfg.resolution not in RESOLUTIONS:
+    raise ValueError(f"unknown train.resolution {cfg.resolution!r}; choose one of {RESOLUTIONS}")
+  full = cfg.image_size
+  rows, cols = int(cfg.grid[0]), int(cfg.grid[1])
+  if cfg.resolution == "full":
+    return full, cfg.eval_image_size or full, 0
+  if rows != cols:
+    raise ValueError(f"train.resolution={cfg.resolution!r} needs a square grid to have square "
+                     f"cells, got {rows}x{cols}; use a square grid or resolution='full'")
+  if full % rows:
+    raise ValueError(f"grid {rows}x{cols} does not divide image_size {full}")
+  cell = full // rows
+  if cell < 4:
+    raise ValueError(f"train.resolution={cfg.resolution!r}: cells of {cell}px are too small to "
+                     "train on; use a smaller grid or resolution='full'")
+  if cfg.resolution == "patch":
+    return cell, cell, 0
+  return full, cfg.eval_image_size or full, cell
+
+
+def eval_preprocess(images, eval_size: int, blur_size: int = 0, mean=augment.IMAGENET_MEAN,
+                    std=augment.IMAGENET_STD):
+  """uint8 test images -> normalised float at eval_size; blur_size > 0 first resizes the images
+  down to blur_size and back up (the "blur" evaluation: full size, patch-level detail)."""
+  if blur_size:
+    images = augment.center_resize(images, (blur_size, blur_size))
+  return augment.normalize(augment.center_resize(images, (eval_size, eval_size)), mean, std)
+
+
+def make_eval_step(eval_size: int, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD,
+                   blur_size: int = 0):
+  """jit(state, images uint8, labels, mask) -> summed metrics (see eval_preprocess)."""
 
   def step(state, images, labels, mask):
-    x = augment.normalize(augment.center_resize(images, (eval_size, eval_size)), mean, std)
+    x = eval_preprocess(images, eval_size, blur_size, mean, std)
     logits = state.apply_fn(variables_of(state), x, train=False)
     return eval_metrics(logits, labels, mask)
   return jax.jit(step)
@@ -325,12 +363,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
   model = create_model(config.model.name, num_classes, width=config.model.width,
                        stem=config.model.stem, dtype=config.model.dtype)
   tx, schedule = make_optimizer(cfg, steps_per_epoch)
-  out_size = (cfg.image_size, cfg.image_size)
+  view_size, eval_size, blur_size = view_sizes(cfg)
+  out_size = (view_size, view_size)
   augment_fn = augment.make_train_augment(cfg.crop, out_size, tuple(cfg.grid), tuple(cfg.crop_scale),
                                           tuple(cfg.crop_ratio), cfg.flip)
   state = parallel.replicate(
-      create_train_state(model, tx, jax.random.key(cfg.seed), (cfg.image_size, cfg.image_size, 3)),
-      mesh)
+      create_train_state(model, tx, jax.random.key(cfg.seed), (view_size, view_size, 3)), mesh)
 
   ckpt_dir = (workdir / "checkpoints").absolute()
   manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
@@ -365,8 +403,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
     batches = iter(pipeline.train_batches(train_data, batch, cfg.image_size, cfg.seed,
                                           cfg.epochs, start_step=start, num_threads=cfg.num_threads,
                                           num_workers=cfg.num_workers))
-  eval_size = cfg.eval_image_size or cfg.image_size
-  eval_step = make_eval_step(eval_size)
+  eval_step = make_eval_step(eval_size, blur_size=blur_size)
 
   def run_eval():
     local = parallel.check_batch_size(cfg.eval_batch_size, mesh, "train.eval_batch_size")
