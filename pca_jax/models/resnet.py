@@ -17,13 +17,17 @@ import jax.numpy as jnp
 ModuleDef = Any
 
 
-class ResNetBlock(nn.Module):
-  """Basic residual block (two 3x3 convs), used by ResNet-10/18/34."""
+class _Block(nn.Module):
+  """Fields shared by the residual blocks."""
 
   filters: int
   conv: ModuleDef
   norm: ModuleDef
   strides: tuple[int, int] = (1, 1)
+
+
+class ResNetBlock(_Block):
+  """Basic residual block (two 3x3 convs), used by ResNet-10/18/34."""
 
   @nn.compact
   def __call__(self, x):
@@ -39,13 +43,8 @@ class ResNetBlock(nn.Module):
     return nn.relu(residual + y)
 
 
-class BottleneckResNetBlock(nn.Module):
+class BottleneckResNetBlock(_Block):
   """Bottleneck block (1x1, 3x3, 1x1 with 4x expansion), used by ResNet-50."""
-
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  strides: tuple[int, int] = (1, 1)
 
   @nn.compact
   def __call__(self, x):
