@@ -230,12 +230,13 @@ def plot(agg: list[dict], path, title: str) -> None:
       n = _name(a["method"], a["grid"], a.get("resolution", "full"))
       if a["label"] == l and n not in names:
         names.append(n)
-    for n in names:
+    for i, n in enumerate(names):
       pts = sorted((a["ipc"], a["top1_mean"], a["top1_std"]) for a in agg
                    if a["label"] == l and _name(a["method"], a["grid"], a.get("resolution", "full")) == n)
       x, y, e = zip(*pts)
       style = "-o" if n.startswith("pca") else "--s" if n.startswith("external") else "-."
-      ax.errorbar(x, y, yerr=e, fmt=style, capsize=3, label=n, lw=2 if n == "pca 2x2" else 1)
+      ax.errorbar(x, y, yerr=e, fmt=style, capsize=3, label=n, color=plt.cm.tab20(i % 20),
+                  lw=2 if n.startswith("pca") else 1)
     ax.set_xscale("log")
     ax.set_xticks(sorted({a["ipc"] for a in agg}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -507,10 +508,13 @@ def run_benchmark(run, log) -> dict:
           f"{cfg.train.epochs} epochs, test top-1 %"
   md = markdown_table(agg, title) + "\n" + grid_table(agg) + "\n" + resolution_table(agg)
   if skipped:
-    md += "\nNot run:\n\n" + "\n".join(
-        f"- {s['method']} grid {s['grid'][0]}x{s['grid'][1]}"
-        + (f" IPC {s['ipc']}" if "ipc" in s else "") + f": {s['reason']}" for s in
-        {json.dumps(s, sort_keys=True, default=list): s for s in skipped}.values()) + "\n"
+    lines = []
+    for s in skipped:  # one line per (method, grid, ipc), whatever the label modes and seeds
+      line = (f"- {s['method']} grid {s['grid'][0]}x{s['grid'][1]}"
+              + (f" IPC {s['ipc']}" if "ipc" in s else "") + f": {s['reason']}")
+      if line not in lines:
+        lines.append(line)
+    md += "\nNot run:\n\n" + "\n".join(lines) + "\n"
   md += (f"\nSeeds: {list(bench.seeds)} (mean ± sample std when > 1). Soft labels: KL to the "
          f"teacher at T={cfg.train.temperature} on every view, CutMix alpha "
          f"{cfg.train.cutmix_alpha}. Every method trains the same student with the same schedule; "

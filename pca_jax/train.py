@@ -158,6 +158,7 @@ class LossSpec:
   teacher_apply: Callable | None = None   # (variables, views) -> logits, eval mode
   temperature: float = 20.0
   cutmix_alpha: float = 0.0
+  teacher_size: int = 0                   # > 0: views are resized to this size for the teacher
 
 
 def _train_update(state: TrainState, views, labels, weights, spec: LossSpec, teacher_vars, key):
@@ -174,7 +175,11 @@ def _train_update(state: TrainState, views, labels, weights, spec: LossSpec, tea
   else:
     if spec.cutmix_alpha:
       views = augment.cutmix(key, views, spec.cutmix_alpha)
-    teacher_logits = jax.lax.stop_gradient(spec.teacher_apply(teacher_vars, views))
+    teacher_views = views
+    if spec.teacher_size and views.shape[1:3] != (spec.teacher_size, spec.teacher_size):
+      # e.g. resolution="patch": the teacher labels the view at the resolution it was trained at
+      teacher_views = augment.center_resize(views, (spec.teacher_size, spec.teacher_size))
+    teacher_logits = jax.lax.stop_gradient(spec.teacher_apply(teacher_vars, teacher_views))
     targets = jax.nn.softmax(teacher_logits / spec.temperature, axis=-1)
 
   def loss_fn(params):
@@ -391,7 +396,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
     raise ValueError("train.label_mode='soft' needs a teacher (the benchmark's teacher stage)")
   spec = LossSpec(num_classes, cfg.label_smoothing,
                   teacher[0] if cfg.label_mode == "soft" else None, cfg.temperature,
-                  cfg.cutmix_alpha if cfg.label_mode == "soft" else 0.0)
+                  cfg.cutmix_alpha if cfg.label_mode == "soft" else 0.0,
+                  teacher_size=cfg.image_size)
   teacher_vars = parallel.replicate(teacher[1], mesh) if spec.teacher_apply else None
   if in_memory:
     step_fn = make_memory_train_step(augment_fn, spec, cfg.seed, n, batch, steps_per_epoch, mesh)

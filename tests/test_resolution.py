@@ -86,3 +86,21 @@ def test_blur_eval_is_down_up_resize():
   up = jax.image.resize(down, (2, 8, 8, 3), "linear", antialias=True)
   np.testing.assert_allclose(blurred, up, atol=1e-3)
   np.testing.assert_allclose(patch, down, atol=1e-3)
+
+
+def test_soft_labels_at_patch_resolution_feed_the_teacher_full_size_views():
+  """The teacher labels each view at its own training resolution, the student at the cell size."""
+  seen = []
+
+  def teacher_apply(v, x):
+    seen.append(x.shape)
+    return jnp.zeros((x.shape[0], 4))
+  spec = train.LossSpec(4, teacher_apply=teacher_apply, teacher_size=8)
+  import optax
+  from pca_jax.models.resnet import create_model
+  model = create_model("resnet10", 4, 4, "small")
+  state = train.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (4, 4, 3))
+  views = jnp.zeros((2, 4, 4, 3))
+  train._train_update(state, views, jnp.zeros(2, jnp.int32), jnp.ones(2), spec, None,
+                      jax.random.key(1))
+  assert seen == [(2, 8, 8, 3)]
