@@ -335,8 +335,13 @@ def stage_teacher(run, log) -> dict:
   return {"eval_top1": m["eval_top1"], "epochs": cfg.benchmark.teacher.epochs}
 
 
-def _rded_crops(run, teacher, idx, labels, seed):
-  """Random crops of the pool images, resized to full size, with the teacher's p(label | crop)."""
+def _rded_crops(run, teacher, idx, labels, seed, per_class):
+  """The per_class most teacher-confident random crops of each class, from the pool `idx`.
+
+  Two streaming passes over the pool (bounded memory at ImageNet scale): the first computes the
+  teacher's p(label | crop) of every crop, the second regenerates only the chosen crops from the
+  same keys. Returns (crops uint8 [C * per_class, S, S, 3], labels), by class.
+  """
   import jax
   import jax.numpy as jnp
   from pca_jax import augment
@@ -344,27 +349,41 @@ def _rded_crops(run, teacher, idx, labels, seed):
   bench = run.config.benchmark
   size = run.config.data.image_size
   k = int(bench.rded_crops_per_image)
-  images = np.concatenate([b for b, _ in pipeline.iter_images(
-      run.train_source, idx, size, 512, fit="center_crop",
-      num_threads=run.config.data.num_threads)])
+  chunk = 256
   apply_fn, variables = teacher
+  key = jax.random.key(seed)
+
+  def crops_of(ckey, imgs):
+    rep = jnp.repeat(imgs, k, axis=0)
+    boxes = augment.sample_rrc_boxes(ckey, rep.shape[0], size, size, tuple(bench.rded_crop_scale))
+    return augment.crop_and_resize(rep, boxes, (size, size))
 
   @jax.jit
-  def crops_and_conf(key, imgs, labs):
-    rep = jnp.repeat(imgs, k, axis=0)
-    boxes = augment.sample_rrc_boxes(key, rep.shape[0], size, size, tuple(bench.rded_crop_scale))
-    crops = augment.crop_and_resize(rep, boxes, (size, size))
-    logits = apply_fn(variables, augment.normalize(crops))
-    p = jax.nn.softmax(logits, -1)[jnp.arange(rep.shape[0]), jnp.repeat(labs, k)]
-    return jnp.clip(jnp.round(crops), 0, 255).astype(jnp.uint8), p
+  def confidence(ckey, imgs, labs):
+    logits = apply_fn(variables, augment.normalize(crops_of(ckey, imgs)))
+    return jax.nn.softmax(logits, -1)[jnp.arange(logits.shape[0]), jnp.repeat(labs, k)]
 
-  crops, conf = [], []
-  key = jax.random.key(seed)
-  for s in range(0, len(images), 256):
-    c, p = crops_and_conf(jax.random.fold_in(key, s), images[s:s + 256], labels[s:s + 256])
-    crops.append(np.asarray(c))
-    conf.append(np.asarray(p))
-  return np.concatenate(crops), np.concatenate(conf)
+  crops_u8 = jax.jit(lambda ckey, imgs: jnp.clip(jnp.round(crops_of(ckey, imgs)), 0, 255)
+                     .astype(jnp.uint8))
+
+  def chunks():
+    return enumerate(pipeline.iter_images(run.train_source, idx, size, chunk, fit="center_crop",
+                                          num_threads=run.config.data.num_threads))
+
+  conf = np.concatenate([np.asarray(confidence(jax.random.fold_in(key, c), imgs, lab))
+                         for c, (imgs, lab) in chunks()])
+  crop_labels = np.repeat(labels, k)
+  chosen = rded_like_select(np.arange(len(conf)), conf, crop_labels, per_class)[0]
+  out = np.zeros((len(chosen), size, size, 3), np.uint8)
+  where = {int(g): i for i, g in enumerate(chosen)}  # global crop id -> output row
+  per_chunk = chunk * k
+  for c, (imgs, _) in chunks():
+    wanted = [g for g in range(c * per_chunk, c * per_chunk + len(imgs) * k) if g in where]
+    if wanted:
+      crops = np.asarray(crops_u8(jax.random.fold_in(key, c), imgs))
+      for g in wanted:
+        out[where[g]] = crops[g - c * per_chunk]
+  return out, crop_labels[chosen]
 
 
 def rded_like_select(crops: np.ndarray, conf: np.ndarray, crop_labels: np.ndarray,
@@ -405,10 +424,7 @@ def build_set(run, method: str, ipc: int, grid, seed: int, teacher_fn) -> Path:
     pool = select_per_class(None, labels, min(int(cfg.benchmark.rded_pool),
                                               int(np.bincount(labels).min())),
                             "random", key=jax.random.key(seed + 7919))
-    crops, conf = _rded_crops(run, teacher_fn(), pool, labels[pool], seed)
-    chosen, chosen_labels = rded_like_select(crops, conf, np.repeat(labels[pool],
-                                                                    cfg.benchmark.rded_crops_per_image),
-                                             per_class)
+    chosen, chosen_labels = _rded_crops(run, teacher_fn(), pool, labels[pool], seed, per_class)
     mosaics, mlabels = make_mosaics(chosen, chosen_labels, tuple(grid), (size, size))
     mosaics = np.asarray(mosaics)
     manifest["source_indices"] = pool

@@ -12,6 +12,9 @@ Stages (config.stages, comma-separated, always run in this order):
   train    fresh model on the compressed set, hard labels, patch-constrained crops -> train/, train.json
   eval     top-1/top-5 on the real test/val split -> eval.json
   report   results.json, results.md
+The DC benchmark (configs/benchmark_*.py) runs score, then
+  teacher   a model trained on the full train split, for soft labels and rded_like -> teacher/
+  benchmark every method x IPC x label mode x seed (x grid, x resolution) -> benchmark.{csv,md,png}
 A finished stage is skipped on rerun unless --config.force=True or its config changed.
 Bad input ends the run with one line on stderr and exit code 2; SIGTERM saves a checkpoint and exits
 with code 143 (rerun to resume).

@@ -342,7 +342,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
 
   train_data: InMemoryData, or a random-access source (Grain pipeline). eval_data: a source for the
   real test/val split (or None). workdir receives checkpoints/ and metrics.jsonl; an existing
-  checkpoint there is resumed automatically.
+  checkpoint there is resumed automatically (a finished run restores and only evaluates).
+  final_eval=False skips the end-of-training evaluation (periodic ones still run).
+  teacher: (apply_fn(variables, normalised views) -> logits, variables), required when
+  config.train.label_mode == "soft".
+  Raises Preempted (a SystemExit) after SIGTERM once a checkpoint is written.
   """
   cfg = config.train
   mesh = parallel.make_mesh()
@@ -355,11 +359,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
   if in_memory:
     batch = min(cfg.batch_size, math.ceil(n / n_dev) * n_dev)  # tiny sets: one batch per epoch
     steps_per_epoch = math.ceil(n / batch)
-    image_shape = train_data.images.shape[1:]
   else:
     batch = cfg.batch_size
     steps_per_epoch = pipeline.train_steps_per_epoch(n, batch)
-    image_shape = (cfg.image_size, cfg.image_size, 3)
   parallel.check_batch_size(batch, mesh, "train.batch_size")
   total = steps_per_epoch * cfg.epochs
   if cfg.max_steps:
