@@ -22,7 +22,7 @@ from pathlib import Path
 from absl import app, flags
 
 flags.DEFINE_string("what", "train,score,augment", "comma list: train, score, augment, pipeline, "
-                    "scoring_memory")
+                    "scoring_memory, torch (needs requirements-bench.txt)")
 flags.DEFINE_integer("batch", 64, "global batch size")
 flags.DEFINE_integer("size", 32, "image resolution")
 flags.DEFINE_integer("width", 64, "ResNet width (64 = ResNet-18)")
@@ -187,7 +187,76 @@ def bench_scoring_memory():
           "under_2gib": ru_peak < 2048}
 
 
-BENCHES = {"train": bench_train, "score": bench_score, "augment": bench_augment,
+def _torch_resnet18(num_classes: int, small_stem: bool, width: int):
+  """torchvision's ResNet-18 layout in plain torch (torchvision itself is not needed)."""
+  import torch
+  from torch import nn
+
+  class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(cout)
+      self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(cout)
+      self.down = None
+      if stride != 1 or cin != cout:
+        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+      y = torch.relu(self.bn1(self.conv1(x)))
+      y = self.bn2(self.conv2(y))
+      return torch.relu(y + (x if self.down is None else self.down(x)))
+
+  stem = ([nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+          if small_stem else
+          [nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+           nn.MaxPool2d(3, 2, 1)])
+  layers, cin = [], width
+  for i in range(4):
+    cout = width * 2 ** i
+    layers += [Block(cin, cout, 1 if i == 0 else 2), Block(cout, cout, 1)]
+    cin = cout
+  return nn.Sequential(*stem, *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                       nn.Linear(cin, num_classes))
+
+
+def bench_torch():
+  """The same ResNet-18 train step in PyTorch (AdamW, CE), same batch/resolution/threads."""
+  try:
+    import torch
+  except ImportError:
+    raise app.UsageError("--what=torch needs PyTorch: pip install -r requirements-bench.txt")
+  threads = os.cpu_count() or 1
+  torch.set_num_threads(threads)
+  stem = FLAGS.stem or ("small" if FLAGS.size < 64 else "imagenet")
+  model = _torch_resnet18(1000, stem == "small", FLAGS.width)
+  params = sum(p.numel() for p in model.parameters())
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+  x = torch.randn(FLAGS.batch, 3, FLAGS.size, FLAGS.size)
+  y = torch.randint(0, 1000, (FLAGS.batch,))
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  def one():
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    opt.step()
+    return None
+  for _ in range(FLAGS.warmup + 1):
+    one()
+  times = []
+  for _ in range(FLAGS.steps):
+    t = time.perf_counter()
+    one()
+    times.append(time.perf_counter() - t)
+  rates = sorted(FLAGS.batch / t for t in times)
+  return {"img_per_s": statistics.median(rates), "min": rates[0], "max": rates[-1],
+          "steps": FLAGS.steps, "threads": threads, "torch": torch.__version__, "params": params,
+          "stem": stem, "note": "no augmentation in the torch step (inputs prepared once)"}
+
+
+BENCHES = {"torch": bench_torch, "train": bench_train, "score": bench_score, "augment": bench_augment,
            "pipeline": bench_pipeline, "scoring_memory": bench_scoring_memory}
 
 
@@ -211,6 +280,9 @@ def main(argv):
   if "train" in res and "score" in res:
     res["score_over_train"] = res["score"]["img_per_s"] / res["train"]["img_per_s"]
     print(f"scoring / train img/s: {res['score_over_train']:.2f}")
+  if "train" in res and "torch" in res:
+    res["jax_over_torch"] = res["train"]["img_per_s"] / res["torch"]["img_per_s"]
+    print(f"JAX / PyTorch train img/s: {res['jax_over_torch']:.2f}")
   if "train" in res and "augment" in res:
     res["augment_share_of_step"] = res["train"]["img_per_s"] / res["augment"]["img_per_s"]
     print(f"augmentation cost / train step: {100 * res['augment_share_of_step']:.1f}%")
