@@ -9,6 +9,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tempfile  # noqa: E402
 
+import pca_jax  # noqa: E402,F401  (sets its XLA:CPU flags before any JAX backend starts)
+
 import jax  # noqa: E402
 
 # Identical programs (same model, shapes, shardings) compile once per test session.

@@ -57,3 +57,61 @@ def test_create_model_rejects_bad_names():
     create_model("resnet18", 10, stem="tiny")
   with pytest.raises(ValueError, match="unknown dtype"):
     create_model("resnet18", 10, dtype="fp8")
+
+
+def test_max_pool_matches_flax_values_and_gradient():
+  import flax.linen as nn
+  from pca_jax.models.resnet import max_pool_3x3_s2
+  ref = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
+  for h, w in [(8, 8), (7, 9), (1, 1), (2, 3), (5, 4)]:
+    x = jax.random.normal(jax.random.key(h * 10 + w), (2, h, w, 3))
+    np.testing.assert_array_equal(max_pool_3x3_s2(x), ref(x))
+    g = jax.grad(lambda x: (max_pool_3x3_s2(x) ** 2).sum())(x)
+    g_ref = jax.grad(lambda x: (ref(x) ** 2).sum())(x)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-6)
+  # ties: the whole gradient goes to the first maximum of each window (PyTorch's rule)
+  g = jax.grad(lambda x: max_pool_3x3_s2(x).sum())(jnp.zeros((1, 4, 4, 1)))
+  expected = np.zeros((4, 4))
+  expected[:2, :2] = 1
+  np.testing.assert_array_equal(g[0, :, :, 0], expected)
+  # under jit (how the train step runs it)
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
+  np.testing.assert_allclose(jax.jit(jax.grad(lambda x: max_pool_3x3_s2(x).sum()))(x),
+                             jax.grad(lambda x: ref(x).sum())(x))
+
+
+def test_materialize_is_an_exact_identity_with_identity_gradient():
+  from pca_jax.models.resnet import materialize
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3)) * 1e30
+  x = x.at[0, 0, 0, 0].set(jnp.inf)  # a non-finite first element must not leak anywhere
+  y = jax.jit(materialize)(x)
+  np.testing.assert_array_equal(y, x)
+  g = jax.jit(jax.grad(lambda x: (materialize(x) * jnp.arange(3.0)).sum()))(x)
+  np.testing.assert_array_equal(g, np.broadcast_to(np.arange(3.0), x.shape))
+  if jax.default_backend() == "cpu":  # the division is what keeps XLA from duplicating x
+    hlo = jax.jit(materialize).lower(x).as_text()
+    assert "divide" in hlo
+
+
+def test_cpu_xla_flags_set_on_import_and_respect_the_user(tmp_path):
+  import os
+  import subprocess
+  import sys
+  code = "import pca_jax, os; print(os.environ.get('XLA_FLAGS', ''))"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  run = lambda **extra: subprocess.run([sys.executable, "-c", code], env={**env, **extra},
+                                       capture_output=True, text=True, check=True).stdout.strip()
+  import pca_jax
+  assert run() == " ".join(pca_jax.CPU_XLA_FLAGS)
+  assert run(XLA_FLAGS="--xla_force_host_platform_device_count=2").split() == [
+      "--xla_force_host_platform_device_count=2", *pca_jax.CPU_XLA_FLAGS]
+  mine = "--xla_cpu_experimental_ynn_fusion_type="
+  assert run(XLA_FLAGS=mine) == mine  # the user's own YNN choice wins
+  assert run(PCA_JAX_XLA_CPU_DEFAULTS="0") == ""
+  # and the flag is live in this process: convolutions compile to XLA's own kernels, not YNNPACK
+  assert pca_jax.CPU_XLA_FLAGS[0] in os.environ["XLA_FLAGS"]
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                           dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  args = jnp.zeros((4, 16, 16, 32)), jnp.zeros((3, 3, 32, 32))  # YNNPACK takes this one by default
+  compiled = conv.lower(*args).compile().as_text()
+  assert "convolution" in compiled and "ynn" not in compiled.lower()

@@ -12,9 +12,87 @@ import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 ModuleDef = Any
+
+
+def materialize(x):
+  """Returns x unchanged, as one stored buffer on XLA:CPU (a no-op elsewhere).
+
+  On CPU, XLA duplicates cheap elementwise chains (BatchNorm + residual add + ReLU) into
+  every consumer. The weight-gradient convolutions read their input transposed, so each one
+  recomputed the whole residual chain of the stage through strided reads: 0.5 s of a 2.1 s
+  ResNet-18 step at 32px. Dividing by a 1 that XLA cannot prove to be 1 (0 * a converted
+  bool + 1) is an "expensive" op that XLA will not duplicate, so the activation is computed
+  once and the transposes read one buffer. Exact: x / 1 == x.
+  """
+  if jax.default_backend() != "cpu" or x.ndim == 0:
+    return x
+  flag = lax.stop_gradient(jnp.isfinite(x.reshape(-1)[0])).astype(x.dtype)
+  return x / (flag * 0 + 1)
+
+
+def _pool_taps(x):
+  """The 9 strided windows of a 3x3 stride-2 pool with padding 1 (-inf), and the output size."""
+  n, h, w, c = x.shape
+  ho, wo = (h + 1) // 2, (w + 1) // 2
+  xp = jnp.pad(x, ((0, 0), (1, 2 * ho - h), (1, 2 * wo - w), (0, 0)), constant_values=-jnp.inf)
+  return [lax.slice(xp, (0, i, j, 0), (n, i + 2 * ho - 1, j + 2 * wo - 1, c), (1, 2, 2, 1))
+          for i in range(3) for j in range(3)], (ho, wo)
+
+
+@jax.custom_vjp
+def max_pool_3x3_s2(x):
+  """3x3 stride-2 max-pool with padding 1 (torchvision's stem pool).
+
+  Same values as `nn.max_pool(x, (3, 3), (2, 2), [(1, 1), (1, 1)])`; the gradient goes to the
+  first maximum in window order (PyTorch's rule). Written out because lax.reduce_window's
+  gradient (select-and-scatter) on XLA:CPU cost more than the stem convolution it follows.
+  """
+  return _max_pool_fwd(x)[0]
+
+
+def _max_pool_fwd(x):
+  taps, _ = _pool_taps(x)
+  best, idx = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
+  for k, win in enumerate(taps[1:], start=1):
+    upd = win > best
+    best = jnp.where(upd, win, best)
+    idx = jnp.where(upd, jnp.int8(k), idx)
+  return best, (idx, x.shape)
+
+
+def _max_pool_bwd(res, g):
+  """Scatters g to the argmax of each window without select-and-scatter: the padded input grid
+  splits into 4 parity phases; each phase is a sum of 1-4 shifted, masked copies of g."""
+  idx, (n, h, w, c) = res
+  ho, wo = g.shape[1], g.shape[2]
+  phases = {}
+  for i in range(3):
+    for j in range(3):
+      part = jnp.where(idx == 3 * i + j, g, jnp.zeros((), g.dtype))
+      p, q = i % 2, j % 2
+      part = jnp.pad(part, ((0, 0), (i // 2, 1 - p - i // 2), (j // 2, 1 - q - j // 2), (0, 0)))
+      phases[p, q] = part if (p, q) not in phases else phases[p, q] + part
+
+  def interleave(even, odd, axis):  # even has one more entry than odd along axis
+    pad = [(0, 0)] * even.ndim
+    pad[axis] = (0, 1)
+    both = jnp.stack([even, jnp.pad(odd, pad)], axis=axis + 1)
+    shape = list(even.shape)
+    shape[axis] = 2 * even.shape[axis]
+    return lax.slice_in_dim(both.reshape(shape), 0, 2 * even.shape[axis] - 1, axis=axis)
+
+  rows0 = interleave(phases[0, 0], phases[0, 1], 2)
+  rows1 = interleave(phases[1, 0], phases[1, 1], 2)
+  grid = interleave(rows0, rows1, 1)  # [n, 2ho+1, 2wo+1, c], padded coordinates
+  return (grid[:, 1:1 + h, 1:1 + w],)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class _Block(nn.Module):
@@ -31,10 +109,11 @@ class ResNetBlock(_Block):
 
   @nn.compact
   def __call__(self, x):
+    x = materialize(x)
     residual = x
     y = self.conv(self.filters, (3, 3), self.strides)(x)
     y = self.norm()(y)
-    y = nn.relu(y)
+    y = materialize(nn.relu(y))
     y = self.conv(self.filters, (3, 3))(y)
     y = self.norm(scale_init=nn.initializers.zeros_init())(y)
     if residual.shape != y.shape:
@@ -48,13 +127,14 @@ class BottleneckResNetBlock(_Block):
 
   @nn.compact
   def __call__(self, x):
+    x = materialize(x)
     residual = x
     y = self.conv(self.filters, (1, 1))(x)
     y = self.norm()(y)
-    y = nn.relu(y)
+    y = materialize(nn.relu(y))
     y = self.conv(self.filters, (3, 3), self.strides)(y)
     y = self.norm()(y)
-    y = nn.relu(y)
+    y = materialize(nn.relu(y))
     y = self.conv(self.filters * 4, (1, 1))(y)
     y = self.norm(scale_init=nn.initializers.zeros_init())(y)
     if residual.shape != y.shape:
@@ -89,7 +169,7 @@ class ResNet(nn.Module):
       x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="conv_init")(x)
       x = norm(name="bn_init")(x)
       x = nn.relu(x)
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
+      x = max_pool_3x3_s2(x)
     else:
       x = conv(self.width, (3, 3), (1, 1), name="conv_init")(x)
       x = norm(name="bn_init")(x)
