@@ -152,7 +152,7 @@ def validate(config) -> None:
     if tc.crop not in CROP_KINDS:
       raise ValueError(f"unknown {name}.crop {tc.crop!r}; choose one of {CROP_KINDS}")
     for field in ("epochs", "batch_size", "eval_batch_size", "log_every_steps",
-                  "checkpoint_every_steps"):
+                  "checkpoint_every_steps", "prefetch"):
       if tc[field] < 1:
         raise ValueError(f"{name}.{field} must be >= 1, got {tc[field]}")
     if name == "train" and tc.resolution != "full":

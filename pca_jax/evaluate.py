@@ -30,8 +30,8 @@ def evaluate(eval_step: Callable[[Any, Any, Any, Any], dict], state: Any,
   Returns {"top1", "top5", "loss", "count"} with top1/top5 in percent.
   """
   totals = None
-  for batch in batches:
-    images, labels, mask = parallel.shard_batch((batch["image"], batch["label"], batch["mask"]), mesh)
+  for _, (images, labels, mask) in parallel.prefetch_to_device(batches, mesh,
+                                                               ("image", "label", "mask")):
     m = eval_step(state, images, labels, mask)
     totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
   if totals is None:

@@ -9,7 +9,9 @@ multi-GPU host and a multi-host TPU slice.
 from __future__ import annotations
 
 import os
-from typing import Any
+import queue
+import threading
+from typing import Any, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -82,3 +84,54 @@ def gather_host_local(x: np.ndarray) -> np.ndarray:
     return np.asarray(x)
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
+
+
+class _Raised:
+  def __init__(self, exc: BaseException):
+    self.exc = exc
+
+
+_END = object()
+
+
+def prefetch_to_device(batches: Iterable[dict], mesh: Mesh, keys: Sequence[str],
+                       size: int = 2) -> Iterator[tuple[dict, tuple]]:
+  """Yields (host batch, shard_batch(batch[k] for k in keys)) while a background thread reads
+  and transfers the next `size` batches, so host-side decoding, resizing and the host-to-device
+  copy overlap the running step. Errors in the reader surface here, at the batch they hit;
+  leaving the loop early (break, exception) stops the thread."""
+  if size < 1:
+    raise ValueError(f"prefetch size must be >= 1, got {size}")
+  buffer: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        buffer.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def reader():
+    try:
+      for batch in batches:
+        if not put((batch, shard_batch(tuple(batch[k] for k in keys), mesh))):
+          return
+      put(_END)
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+      put(_Raised(exc))
+
+  thread = threading.Thread(target=reader, name="pca_jax-prefetch", daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = buffer.get()
+      if item is _END:
+        return
+      if isinstance(item, _Raised):
+        raise item.exc
+      yield item
+  finally:
+    stop.set()

@@ -126,10 +126,10 @@ def score_dataset(apply_fn: Callable[[Any, jax.Array], jax.Array],
   out = np.full((len(scores), len(variables_list), num_examples), np.nan, np.float32)
   seen = np.zeros(num_examples, bool)
   variables_list = [parallel.replicate(v, mesh) for v in variables_list]
-  for batch in _as_batches(data, labels, batch_size):
+  for batch, (g_images, g_labels) in parallel.prefetch_to_device(
+      _as_batches(data, labels, batch_size), mesh, ("image", "label")):
     mask = np.asarray(batch.get("mask", np.ones(len(batch["label"]), bool)))
     index = np.asarray(batch["index"])
-    g_images, g_labels = parallel.shard_batch((batch["image"], batch["label"]), mesh)
     all_index = parallel.gather_host_local(index)
     all_mask = parallel.gather_host_local(mask)
     for k, variables in enumerate(variables_list):

@@ -92,6 +92,7 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.num_threads = 8
   c.num_workers = 0
+  c.prefetch = 2                  # Grain input: batches read + copied to the devices ahead
   c.seed = 0
   c.max_steps = 0                 # > 0: stop after this many steps (tests, benchmarks)
   return c
@@ -408,9 +409,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
     batches = None
   else:
     step_fn = make_train_step(augment_fn, spec, cfg.seed, mesh)
-    batches = iter(pipeline.train_batches(train_data, batch, cfg.image_size, cfg.seed,
-                                          cfg.epochs, start_step=start, num_threads=cfg.num_threads,
-                                          num_workers=cfg.num_workers))
+    batches = parallel.prefetch_to_device(
+        pipeline.train_batches(train_data, batch, cfg.image_size, cfg.seed, cfg.epochs,
+                               start_step=start, num_threads=cfg.num_threads,
+                               num_workers=cfg.num_workers),
+        mesh, ("image", "label"), size=cfg.prefetch)
   eval_step = make_eval_step(eval_size, blur_size=blur_size)
 
   def run_eval():
@@ -444,8 +447,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
       if in_memory:
         state, m = step_fn(state, all_images, all_labels, teacher_vars)
       else:
-        b = next(batches)
-        images, labels = parallel.shard_batch((b["image"], b["label"]), mesh)
+        _, (images, labels) = next(batches)
         state, m = step_fn(state, images, labels, teacher_vars)
       done = step + 1
       n_last += batch

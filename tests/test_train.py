@@ -125,3 +125,43 @@ def test_schedule_and_optimizer_options():
   cfg.train.optimizer = "lion"
   with pytest.raises(ValueError, match="unknown train.optimizer"):
     train.make_optimizer(cfg.train, 4)
+
+
+def test_prefetch_to_device_order_sharding_errors_and_early_exit():
+  import threading
+  import time
+  from pca_jax import parallel
+  mesh = parallel.make_mesh()
+  n_dev = len(jax.devices())
+  batches = [{"image": np.full((n_dev, 2, 2, 3), i, np.uint8), "label": np.arange(n_dev) + i,
+              "index": np.arange(n_dev) * 100 + i} for i in range(5)]
+  out = list(parallel.prefetch_to_device(iter(batches), mesh, ("image", "label"), size=2))
+  assert len(out) == 5
+  for i, (host, (images, labels)) in enumerate(out):
+    assert host is batches[i]  # the host batch rides along (scoring needs index/mask)
+    assert images.shape == (n_dev, 2, 2, 3) and np.all(np.asarray(images) == i)
+    np.testing.assert_array_equal(labels, np.arange(n_dev) + i)
+    assert images.sharding.spec == jax.sharding.PartitionSpec("data")
+    assert len(images.addressable_shards) == n_dev
+
+  def broken():
+    yield batches[0]
+    raise OSError("disk went away at batch 1")
+  it = parallel.prefetch_to_device(broken(), mesh, ("image",))
+  next(it)
+  with pytest.raises(OSError, match="disk went away"):
+    next(it)
+
+  def endless():
+    while True:
+      yield batches[0]
+  before = threading.active_count()
+  for k, _ in enumerate(parallel.prefetch_to_device(endless(), mesh, ("image",), size=3)):
+    if k == 4:
+      break  # leaving the loop closes the generator and stops the reader thread
+  deadline = time.time() + 5
+  while threading.active_count() > before and time.time() < deadline:
+    time.sleep(0.05)
+  assert threading.active_count() <= before
+  with pytest.raises(ValueError, match="prefetch size must be >= 1"):
+    next(parallel.prefetch_to_device(iter(batches), mesh, ("image",), size=0))
