@@ -265,7 +265,8 @@ def main(argv):
   import jax
   results = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
              "devices": jax.device_count(), "batch": FLAGS.batch, "size": FLAGS.size,
-             "width": FLAGS.width, "model": FLAGS.model, "dtype": FLAGS.dtype, "results": {}}
+             "width": FLAGS.width, "model": FLAGS.model, "dtype": FLAGS.dtype,
+             "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": {}}
   for name in [w.strip() for w in FLAGS.what.split(",") if w.strip()]:
     if name not in BENCHES:
       raise app.UsageError(f"unknown --what {name!r}; choose from {sorted(BENCHES)}")

@@ -482,6 +482,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, train_d
     save(total)
   finally:
     progress.close()
+    if batches is not None:
+      batches.close()  # stops the prefetch thread (early stop, SIGTERM, errors)
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
   wall = time.time() - t_start

@@ -16,7 +16,10 @@ def test_bench_smoke(tmp_path):
                       "--warmup=0", f"--out={out}"], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
-  res = json.loads(out.read_text())["results"]
+  report = json.loads(out.read_text())
+  import pca_jax
+  assert pca_jax.CPU_XLA_FLAGS[0] in report["xla_flags"]  # the run's flags are on record
+  res = report["results"]
   for name in ("train", "score", "augment"):
     assert res[name]["img_per_s"] > 0 and res[name]["min"] <= res[name]["max"]
   assert res["score_over_train"] > 0 and "augment_share_of_step" in res
