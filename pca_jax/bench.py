@@ -4,9 +4,12 @@
   python -m pca_jax.bench --what=train,score --size=112 --batch=64 --width=64
   python -m pca_jax.bench --what=pipeline --n_images=2000   # Grain ImageFolder decode + resize
   python -m pca_jax.bench --what=scoring_memory --n_images=50000 --size=64   # peak host RSS
+  python -m pca_jax.bench --what=torch,train --rounds=6 --steps=5   # JAX vs PyTorch, paired
 
 Every timing warms up first (compilation excluded), times >= --steps steps with
 block_until_ready, and reports the median and the spread (min..max) of img/s over the steps.
+With --rounds > 1 the JAX and PyTorch train steps alternate in blocks and their ratio is the
+median of per-round ratios (a shared machine drifts +-10 % between minutes).
 """
 
 from __future__ import annotations
@@ -31,26 +34,67 @@ flags.DEFINE_string("stem", "", "imagenet | small (default: small below 64px)")
 flags.DEFINE_string("dtype", "float32", "compute dtype")
 flags.DEFINE_integer("steps", 20, "timed steps")
 flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
+flags.DEFINE_integer("rounds", 1, "with --what=torch,train: time the two train steps in this many "
+                     "alternating blocks of --steps steps; JAX/PyTorch is then the median of the "
+                     "per-round ratios, which cancels the drift of a shared machine")
 flags.DEFINE_integer("n_images", 2000, "images for pipeline / scoring_memory")
 flags.DEFINE_string("data_dir", "", "ImageFolder for pipeline / scoring_memory (made if empty)")
 flags.DEFINE_string("out", "bench.json", "where to write the results")
 FLAGS = flags.FLAGS
 
 
-def _rates(fn, n_per_step, steps, warmup):
+def _timed(fn, steps):
   import jax
-  out = fn()
-  jax.block_until_ready(out)  # compile
-  for _ in range(warmup):
-    jax.block_until_ready(fn())
   times = []
   for _ in range(steps):
     t = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - t)
+  return times
+
+
+def _summary(times, n_per_step):
   rates = sorted(n_per_step / t for t in times)
   return {"img_per_s": statistics.median(rates), "min": rates[0], "max": rates[-1],
-          "steps": steps, "step_ms": 1000 * statistics.median(times)}
+          "steps": len(times), "step_ms": 1000 * statistics.median(times)}
+
+
+def _warm(fn, warmup):
+  import jax
+  jax.block_until_ready(fn())  # compile
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+
+
+def _rates(fn, n_per_step, steps, warmup):
+  _warm(fn, warmup)
+  return _summary(_timed(fn, steps), n_per_step)
+
+
+def paired_rates(fn_ref, fn_new, n_per_step: int, steps: int, rounds: int, warmup: int) -> dict:
+  """Times two steps in alternating blocks (ref new, new ref, ref new, ...) of `steps` steps.
+
+  Returns {"ref": summary, "new": summary, "ratios": per-round new/ref img/s ratios (of block
+  medians), "ratio": their median, "ratio_min", "ratio_max"}. Both steps see the same machine
+  state within a round, so drift between minutes (+-10 % on a shared 2-core VM) cancels out of
+  the ratio; the order flips every round so neither step always runs first.
+  """
+  if rounds < 1 or steps < 1:
+    raise ValueError(f"paired timing needs rounds >= 1 and steps >= 1, got {rounds}, {steps}")
+  _warm(fn_ref, warmup)
+  _warm(fn_new, warmup)
+  all_ref, all_new, ratios = [], [], []
+  for r in range(rounds):
+    order = [("ref", fn_ref), ("new", fn_new)]
+    block = {}
+    for name, fn in (order if r % 2 == 0 else order[::-1]):
+      block[name] = _timed(fn, steps)
+    all_ref += block["ref"]
+    all_new += block["new"]
+    ratios.append(statistics.median(block["ref"]) / statistics.median(block["new"]))
+  return {"ref": _summary(all_ref, n_per_step), "new": _summary(all_new, n_per_step),
+          "ratios": ratios, "ratio": statistics.median(ratios), "ratio_min": min(ratios),
+          "ratio_max": max(ratios)}
 
 
 def _model_and_state(num_classes=1000):
@@ -67,8 +111,8 @@ def _model_and_state(num_classes=1000):
   return model, state, stem
 
 
-def bench_train():
-  """Train step on an in-memory set with on-device patch-constrained crops (the PCA hot path)."""
+def _train_step_fn():
+  """(step callable, stem): the train step on an in-memory set with on-device patch crops."""
   import jax
   import numpy as np
   from pca_jax import augment, parallel, train
@@ -87,6 +131,12 @@ def bench_train():
   def one():
     box["state"], metrics = step(box["state"], images, labels)
     return metrics["loss"]
+  return one, stem
+
+
+def bench_train():
+  """Train step on an in-memory set with on-device patch-constrained crops (the PCA hot path)."""
+  one, stem = _train_step_fn()
   return {"stem": stem, **_rates(one, FLAGS.batch, FLAGS.steps, FLAGS.warmup)}
 
 
@@ -221,8 +271,8 @@ def _torch_resnet18(num_classes: int, small_stem: bool, width: int):
                        nn.Linear(cin, num_classes))
 
 
-def bench_torch():
-  """The same ResNet-18 train step in PyTorch (AdamW, CE), same batch/resolution/threads."""
+def _torch_step_fn():
+  """(step callable, info): the same ResNet-18 train step in PyTorch (AdamW, CE)."""
   try:
     import torch
   except ImportError:
@@ -243,17 +293,23 @@ def bench_torch():
     loss.backward()
     opt.step()
     return None
-  for _ in range(FLAGS.warmup + 1):
-    one()
-  times = []
-  for _ in range(FLAGS.steps):
-    t = time.perf_counter()
-    one()
-    times.append(time.perf_counter() - t)
-  rates = sorted(FLAGS.batch / t for t in times)
-  return {"img_per_s": statistics.median(rates), "min": rates[0], "max": rates[-1],
-          "steps": FLAGS.steps, "threads": threads, "torch": torch.__version__, "params": params,
-          "stem": stem, "note": "no augmentation in the torch step (inputs prepared once)"}
+  return one, {"threads": threads, "torch": torch.__version__, "params": params, "stem": stem,
+               "note": "no augmentation in the torch step (inputs prepared once)"}
+
+
+def bench_torch():
+  """The same ResNet-18 train step in PyTorch (AdamW, CE), same batch/resolution/threads."""
+  one, info = _torch_step_fn()
+  return {**_rates(one, FLAGS.batch, FLAGS.steps, FLAGS.warmup), **info}
+
+
+def bench_paired():
+  """JAX and PyTorch train steps timed in alternating blocks (--rounds), see paired_rates."""
+  torch_one, info = _torch_step_fn()
+  jax_one, stem = _train_step_fn()
+  p = paired_rates(torch_one, jax_one, FLAGS.batch, FLAGS.steps, FLAGS.rounds, FLAGS.warmup)
+  return {"torch": {**p["ref"], **info}, "train": {**p["new"], "stem": stem},
+          "paired": {k: p[k] for k in ("ratios", "ratio", "ratio_min", "ratio_max")}}
 
 
 BENCHES = {"torch": bench_torch, "train": bench_train, "score": bench_score, "augment": bench_augment,
@@ -267,9 +323,28 @@ def main(argv):
              "devices": jax.device_count(), "batch": FLAGS.batch, "size": FLAGS.size,
              "width": FLAGS.width, "model": FLAGS.model, "dtype": FLAGS.dtype,
              "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": {}}
-  for name in [w.strip() for w in FLAGS.what.split(",") if w.strip()]:
+  names = [w.strip() for w in FLAGS.what.split(",") if w.strip()]
+  for name in names:
     if name not in BENCHES:
       raise app.UsageError(f"unknown --what {name!r}; choose from {sorted(BENCHES)}")
+  if FLAGS.rounds < 1:
+    raise app.UsageError(f"--rounds must be >= 1, got {FLAGS.rounds}")
+  paired = FLAGS.rounds > 1 and "torch" in names and "train" in names
+  if FLAGS.rounds > 1 and not paired:
+    raise app.UsageError("--rounds > 1 alternates the JAX and PyTorch train steps; it needs "
+                         "--what to include both torch and train")
+  for name in names:
+    if paired and name in ("torch", "train"):
+      if "jax_over_torch_paired" in results["results"]:
+        continue  # the other half of the pair, already timed
+      both = bench_paired()
+      results["results"]["jax_over_torch_paired"] = both.pop("paired")
+      results["results"].update(both)
+      for n in ("torch", "train"):
+        r = both[n]
+        print(f"{n:>15}: {r['img_per_s']:10.1f} img/s  (min {r['min']:.1f}, max {r['max']:.1f}, "
+              f"{FLAGS.rounds} alternating rounds)", flush=True)
+      continue
     r = BENCHES[name]()
     results["results"][name] = r
     rate = r.get("img_per_s")
@@ -281,7 +356,12 @@ def main(argv):
   if "train" in res and "score" in res:
     res["score_over_train"] = res["score"]["img_per_s"] / res["train"]["img_per_s"]
     print(f"scoring / train img/s: {res['score_over_train']:.2f}")
-  if "train" in res and "torch" in res:
+  if "jax_over_torch_paired" in res:
+    p = res["jax_over_torch_paired"]
+    res["jax_over_torch"] = p["ratio"]
+    print(f"JAX / PyTorch train img/s: {p['ratio']:.2f} (median of {len(p['ratios'])} paired "
+          f"rounds; range {p['ratio_min']:.2f}-{p['ratio_max']:.2f})")
+  elif "train" in res and "torch" in res:
     res["jax_over_torch"] = res["train"]["img_per_s"] / res["torch"]["img_per_s"]
     print(f"JAX / PyTorch train img/s: {res['jax_over_torch']:.2f}")
   if "train" in res and "augment" in res:

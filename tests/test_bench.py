@@ -4,6 +4,9 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import pytest
 
 from tests.test_main import ROOT
 
@@ -24,3 +27,34 @@ def test_bench_smoke(tmp_path):
     assert res[name]["img_per_s"] > 0 and res[name]["min"] <= res[name]["max"]
   assert res["score_over_train"] > 0 and "augment_share_of_step" in res
   assert "JAX / PyTorch" not in r.stdout  # torch was not asked for
+
+
+def test_paired_rates_alternates_and_takes_per_round_ratios():
+  from pca_jax import bench
+  calls = []
+
+  def make(name, seconds):
+    def fn():
+      calls.append(name)
+      time.sleep(seconds)
+    return fn
+  p = bench.paired_rates(make("ref", 0.02), make("new", 0.01), n_per_step=10, steps=2, rounds=3,
+                         warmup=1)
+  # warm-up (compile call + 1) for each, then blocks ref new | new ref | ref new
+  assert calls == ["ref"] * 2 + ["new"] * 2 + ["ref", "ref", "new", "new", "new", "new", "ref",
+                                               "ref", "ref", "ref", "new", "new"]
+  assert len(p["ratios"]) == 3 and p["ref"]["steps"] == 6 and p["new"]["steps"] == 6
+  assert p["ratio_min"] <= p["ratio"] <= p["ratio_max"]
+  assert 1.3 < p["ratio"] < 2.5  # new takes ~half the time of ref: ~2x the img/s
+  assert p["new"]["img_per_s"] > p["ref"]["img_per_s"]
+  with pytest.raises(ValueError, match="rounds >= 1"):
+    bench.paired_rates(make("a", 0), make("b", 0), 1, 1, 0, 0)
+
+
+def test_rounds_needs_torch_and_train(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  r = subprocess.run([sys.executable, "-m", "pca_jax.bench", "--what=train", "--rounds=3",
+                      f"--out={tmp_path / 'b.json'}"], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=120)
+  assert r.returncode != 0 and "needs --what to include both torch and train" in r.stderr
+  assert not (tmp_path / "b.json").exists()
