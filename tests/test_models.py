@@ -115,3 +115,57 @@ def test_cpu_xla_flags_set_on_import_and_respect_the_user(tmp_path):
   args = jnp.zeros((4, 16, 16, 32)), jnp.zeros((3, 3, 32, 32))  # YNNPACK takes this one by default
   compiled = conv.lower(*args).compile().as_text()
   assert "convolution" in compiled and "ynn" not in compiled.lower()
+
+
+def test_batch_norm_matches_flax_values_stats_and_gradients():
+  import flax.linen as nn
+  from pca_jax.models.resnet import BatchNorm
+  x = jax.random.normal(jax.random.key(1), (6, 5, 3, 7)) * 3.0 + 1.5
+  kw = dict(momentum=0.9, epsilon=1e-5)
+  ours, ref = BatchNorm(use_running_average=False, **kw), nn.BatchNorm(use_running_average=False,
+                                                                        **kw)
+  v = ref.init(jax.random.key(0), x)
+  v_ours = ours.init(jax.random.key(0), x)
+  assert jax.tree.structure(v_ours) == jax.tree.structure(v)  # checkpoints are interchangeable
+  v = {"params": {"scale": jnp.linspace(0.5, 2.0, 7), "bias": jnp.linspace(-1.0, 1.0, 7)},
+       "batch_stats": {"mean": jnp.full((7,), 0.3), "var": jnp.full((7,), 2.0)}}
+  w = jax.random.normal(jax.random.key(2), x.shape)
+
+  def loss(module, params, x):
+    y, new = module.apply({**v, "params": params}, x, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y) * w), (y, new["batch_stats"])
+  (l1, (y1, s1)), g1 = jax.value_and_grad(loss, (1, 2), has_aux=True)(ours, v["params"], x)
+  (l2, (y2, s2)), g2 = jax.value_and_grad(loss, (1, 2), has_aux=True)(ref, v["params"], x)
+  np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves((s1, g1)), jax.tree.leaves((s2, g2))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # eval mode uses the running averages, like flax
+  e1 = BatchNorm(use_running_average=True, **kw).apply(v, x)
+  e2 = nn.BatchNorm(use_running_average=True, **kw).apply(v, x)
+  np.testing.assert_allclose(e1, e2, rtol=1e-5, atol=1e-5)
+  # bf16 compute: bf16 out, float32 statistics
+  yb = BatchNorm(use_running_average=False, dtype=jnp.bfloat16, **kw).apply(
+      v, x.astype(jnp.bfloat16), mutable=["batch_stats"])[0]
+  assert yb.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(yb, np.float32), y2, rtol=0.05, atol=0.05)
+
+
+def test_batch_norm_train_gradient_includes_the_statistics_outputs():
+  from pca_jax.models.resnet import batch_norm_train
+  x = jax.random.normal(jax.random.key(3), (4, 3, 3, 5)) * 2.0 - 0.5
+  scale, bias = jnp.linspace(0.5, 1.5, 5), jnp.linspace(-0.2, 0.2, 5)
+
+  def plain(x, scale, bias):  # the same function, autodiffed
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.mean(x * x, (0, 1, 2)) - mean ** 2
+    return (x - mean) * scale / jnp.sqrt(var + 1e-5) + bias, mean, var
+
+  def loss(fn, *args):
+    y, mean, var = fn(*args)
+    return jnp.sum(jnp.cos(y)) + jnp.sum(mean * jnp.arange(5.0)) + jnp.sum(var ** 2)
+  got = jax.grad(lambda *a: loss(lambda *b: batch_norm_train(*b, 1e-5, jnp.float32), *a),
+                 (0, 1, 2))(x, scale, bias)
+  want = jax.grad(lambda *a: loss(plain, *a), (0, 1, 2))(x, scale, bias)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
