@@ -316,13 +316,37 @@ BENCHES = {"torch": bench_torch, "train": bench_train, "score": bench_score, "au
            "pipeline": bench_pipeline, "scoring_memory": bench_scoring_memory}
 
 
+def host_info() -> dict:
+  """The CPU the numbers were taken on: model, cores and the vector extensions that decide which
+  convolution kernels win (AVX-512 / AMX favour PyTorch's oneDNN; on AVX2-only hosts the gap
+  narrows), so runs on different machines are not compared blindly."""
+  import platform
+  info = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "isa": []}
+  try:
+    text = Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return info
+  for line in text.splitlines():
+    key, _, value = line.partition(":")
+    if key.strip() == "model name" and value.strip():
+      info["cpu"] = value.strip()
+    elif key.strip() == "flags":
+      cpu_flags = set(value.split())
+      info["isa"] = sorted(f for f in cpu_flags if f in ("avx2", "fma", "avx512f", "avx512_bf16",
+                                                      "avx512_vnni", "amx_bf16", "amx_tile"))
+      break
+  return info
+
+
 def main(argv):
   del argv
   import jax
   results = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
              "devices": jax.device_count(), "batch": FLAGS.batch, "size": FLAGS.size,
              "width": FLAGS.width, "model": FLAGS.model, "dtype": FLAGS.dtype,
-             "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": {}}
+             "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "host": host_info(), "results": {}}
+  h = results["host"]
+  print(f"host: {h['cpu']}, {h['cpus']} cpus, {' '.join(h['isa']) or 'no AVX2'}", flush=True)
   names = [w.strip() for w in FLAGS.what.split(",") if w.strip()]
   for name in names:
     if name not in BENCHES:

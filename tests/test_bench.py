@@ -22,6 +22,9 @@ def test_bench_smoke(tmp_path):
   report = json.loads(out.read_text())
   import pca_jax
   assert pca_jax.CPU_XLA_FLAGS[0] in report["xla_flags"]  # the run's flags are on record
+  host = report["host"]  # and the machine: numbers from different CPUs are not comparable
+  assert host["cpus"] == os.cpu_count() and host["cpu"] and isinstance(host["isa"], list)
+  assert f"host: {host['cpu']}, {host['cpus']} cpus" in r.stdout
   res = report["results"]
   for name in ("train", "score", "augment"):
     assert res[name]["img_per_s"] > 0 and res[name]["min"] <= res[name]["max"]
