@@ -317,9 +317,9 @@ BENCHES = {"torch": bench_torch, "train": bench_train, "score": bench_score, "au
 
 
 def host_info() -> dict:
-  """The CPU the numbers were taken on: model, cores and the vector extensions that decide which
-  convolution kernels win (AVX-512 / AMX favour PyTorch's oneDNN; on AVX2-only hosts the gap
-  narrows), so runs on different machines are not compared blindly."""
+  """The CPU the numbers were taken on: model, cores and the vector extensions (AVX2, AVX-512,
+  AMX) that the convolution libraries pick their kernels by. JAX/PyTorch differed by 14-30 % between
+  two hosts with the same code, so runs on different CPUs are not to be compared blindly."""
   import platform
   info = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "isa": []}
   try:
@@ -344,9 +344,11 @@ def main(argv):
   results = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
              "devices": jax.device_count(), "batch": FLAGS.batch, "size": FLAGS.size,
              "width": FLAGS.width, "model": FLAGS.model, "dtype": FLAGS.dtype,
-             "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "host": host_info(), "results": {}}
+             "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+             "host": host_info(), "results": {}}
   h = results["host"]
-  print(f"host: {h['cpu']}, {h['cpus']} cpus, {' '.join(h['isa']) or 'no AVX2'}", flush=True)
+  print(f"host: {h['cpu']}, {h['cpus']} cpus, {' '.join(h['isa']) or 'ISA flags unknown'}",
+        flush=True)
   names = [w.strip() for w in FLAGS.what.split(",") if w.strip()]
   for name in names:
     if name not in BENCHES:

@@ -20,6 +20,9 @@ TINY = [
     "--config.score.train.batch_size=64", "--config.score.batch_size=128",
     "--config.select.ipc=4", "--config.train.epochs=40", "--config.train.batch_size=40",
     "--config.train.eval_every_epochs=20", "--config.train.log_every_steps=10",
+    # 40 steps at the recipe's lr 1e-3 barely leave chance (top-1 20.0 on an AVX2 host, where
+    # the end-to-end test asks for > 20); lr 1e-2 reaches ~37 % in the same 40 steps.
+    "--config.train.lr=0.01",
 ]
 
 
