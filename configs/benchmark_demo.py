@@ -8,7 +8,9 @@ Scores: EL2N / entropy / forgetting from 2 models x 3 epochs.
   python -m pca_jax.main --config=configs/benchmark_demo.py --workdir=runs/benchmark_demo
 """
 
-from configs.demo import get_config as demo_config
+from pca_jax.config import sibling_config
+
+demo_config = sibling_config(__file__, "demo")
 
 
 def get_config():

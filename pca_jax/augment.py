@@ -21,29 +21,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_KINDS = ("patch", "rrc", "none")
 
 
-def sample_rrc_boxes(key: jax.Array, n: int, height: int, width: int,
-                     scale: Sequence[float] = (0.08, 1.0),
-                     ratio: Sequence[float] = (3 / 4, 4 / 3),
-                     attempts: int = 10) -> jax.Array:
-  """torchvision's RandomResizedCrop box sampling, vectorised over n examples.
+def rrc_boxes_from_uniforms(xp, u_area, u_ratio, u_top, u_left, height: int, width: int,
+                            scale: Sequence[float], ratio: Sequence[float]):
+  """torchvision's RandomResizedCrop box rule on given uniform draws, for numpy or jax (`xp`).
 
-  Tries `attempts` (area, log-aspect) draws per example and keeps the first that fits inside
-  height x width; falls back to a centre crop clipped to `ratio` (as torchvision does).
-  Returns [n, 4] float32 boxes (top, left, h, w) in pixels of the height x width image.
+  u_area, u_ratio: [..., attempts] uniforms in [0, 1); u_top, u_left: [...]. Each example takes the
+  first of its `attempts` (area, log-aspect) draws that fits inside height x width, else a centre
+  crop clipped to `ratio` (torchvision's fallback). Returns [..., 4] float boxes (top, left, h, w).
+  One rule serves the jitted crops on device and the host-side crops of decoded images.
   """
-  k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
   area = float(height * width)
-  target = area * jax.random.uniform(k_area, (n, attempts), minval=scale[0], maxval=scale[1])
-  log_r = jax.random.uniform(k_ratio, (n, attempts), minval=math.log(ratio[0]),
-                             maxval=math.log(ratio[1]))
-  aspect = jnp.exp(log_r)
-  w = jnp.round(jnp.sqrt(target * aspect))
-  h = jnp.round(jnp.sqrt(target / aspect))
+  target = area * (scale[0] + (scale[1] - scale[0]) * u_area)
+  lo, hi = math.log(ratio[0]), math.log(ratio[1])
+  aspect = xp.exp(lo + (hi - lo) * u_ratio)
+  w = xp.round(xp.sqrt(target * aspect))
+  h = xp.round(xp.sqrt(target / aspect))
   ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
-  first = jnp.argmax(ok, axis=1)
-  found = ok.any(axis=1)
-  h = jnp.take_along_axis(h, first[:, None], axis=1)[:, 0]
-  w = jnp.take_along_axis(w, first[:, None], axis=1)[:, 0]
+  first = xp.argmax(ok, axis=-1)[..., None]
+  found = ok.any(axis=-1)
+  h = xp.take_along_axis(h, first, axis=-1)[..., 0]
+  w = xp.take_along_axis(w, first, axis=-1)[..., 0]
   in_ratio = width / height
   if in_ratio < ratio[0]:
     fw, fh = width, round(width / ratio[0])
@@ -51,11 +48,38 @@ def sample_rrc_boxes(key: jax.Array, n: int, height: int, width: int,
     fh, fw = height, round(height * ratio[1])
   else:
     fh, fw = height, width
-  h = jnp.where(found, h, fh)
-  w = jnp.where(found, w, fw)
-  top = jnp.floor(jax.random.uniform(k_top, (n,)) * (height - h + 1))
-  left = jnp.floor(jax.random.uniform(k_left, (n,)) * (width - w + 1))
-  return jnp.stack([top, left, h, w], axis=1).astype(jnp.float32)
+  h = xp.where(found, h, fh)
+  w = xp.where(found, w, fw)
+  top = xp.floor(u_top * (height - h + 1))
+  left = xp.floor(u_left * (width - w + 1))
+  return xp.stack([top, left, h, w], axis=-1)
+
+
+def sample_rrc_boxes(key: jax.Array, n: int, height: int, width: int,
+                     scale: Sequence[float] = (0.08, 1.0),
+                     ratio: Sequence[float] = (3 / 4, 4 / 3),
+                     attempts: int = 10) -> jax.Array:
+  """torchvision's RandomResizedCrop box sampling, vectorised over n examples (jit-able).
+
+  Returns [n, 4] float32 boxes (top, left, h, w) in pixels of the height x width image.
+  """
+  k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
+  boxes = rrc_boxes_from_uniforms(
+      jnp, jax.random.uniform(k_area, (n, attempts)), jax.random.uniform(k_ratio, (n, attempts)),
+      jax.random.uniform(k_top, (n,)), jax.random.uniform(k_left, (n,)), height, width, scale, ratio)
+  return boxes.astype(jnp.float32)
+
+
+def sample_rrc_box_host(rng: np.random.Generator, height: int, width: int,
+                        scale: Sequence[float] = (0.08, 1.0),
+                        ratio: Sequence[float] = (3 / 4, 4 / 3),
+                        attempts: int = 10) -> tuple[int, int, int, int]:
+  """One RandomResizedCrop box (top, left, h, w) in integer pixels of a decoded image, on the host
+  (numpy; the same rule as `sample_rrc_boxes`), for crops taken before the resize to a fixed size."""
+  u = rng.random(2 * attempts + 2)
+  box = rrc_boxes_from_uniforms(np, u[:attempts], u[attempts:2 * attempts], u[-2], u[-1], height,
+                                width, scale, ratio)
+  return tuple(int(v) for v in box)
 
 
 def crop_and_resize(images: jax.Array, boxes: jax.Array, out_size: Sequence[int]) -> jax.Array:

@@ -1,23 +1,82 @@
-"""The shared base config (paper defaults) and validation with one-line, fixable errors.
+"""The shared base config (paper defaults), its validation, and config fingerprints.
 
 configs/*.py call `base_config()` and override only what differs. Every number the paper fixes is a
 field here; the numbers the paper does NOT fix (scoring model/epochs/K, grid, crop scale in a patch)
 are fields too, with the defaults argued in the README.
+
+`fingerprint` is the one hash that every cached artifact carries (stage outputs, checkpoints,
+benchmark sets and cells): it lives here, not in the runner, because the trainer's checkpoint guard
+needs it too and must not import the orchestration layer. This module imports nothing heavy (no
+jax): the CLI validates a config before any backend starts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
+from typing import Any, Iterable
 
 import ml_collections
 
-from pca_jax import train as train_lib
-
 STAGES = ("score", "teacher", "select", "combine", "store", "train", "eval", "benchmark", "report")
 PCA_STAGES = ("score", "select", "combine", "store", "train", "eval", "report")
-SCORE_KINDS = ("el2n", "entropy")
 SELECT_MODES = ("easy", "hard", "random")
 FITS = ("squash", "center_crop")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+RESOLUTIONS = ("full", "patch", "blur")
+
+# Leaf names that never change what an artifact contains: threads, logging, checkpoint and
+# evaluation cadence, batch sizes of evaluation passes, caches, the stage list itself.
+IGNORED_FIELDS = frozenset({
+    "num_threads", "num_workers", "prefetch", "log_every_steps", "checkpoint_every_steps",
+    "keep_checkpoints", "eval_every_epochs", "eval_batch_size", "jax_cache_dir", "stages", "force"})
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+  """Defaults = the reference benchmark's hard-label recipe (AdamW 1e-3, wd 0.01, cosine, bs 128)."""
+  c = ml_collections.ConfigDict()
+  c.epochs = 300
+  c.batch_size = 128
+  c.optimizer = "adamw"          # "adamw" | "sgd"
+  c.lr = 1e-3
+  c.scale_lr_by_batch = False     # lr * batch_size / base_batch_size
+  c.base_batch_size = 128
+  c.weight_decay = 0.01           # conv/linear kernels only; never BN or biases
+  c.momentum = 0.9
+  c.nesterov = True
+  c.schedule = "cosine"           # "cosine" | "step" | "constant"
+  c.schedule_unit = "epoch"       # "epoch": lr changes once per epoch as in the reference code
+  c.warmup_epochs = 0
+  c.step_epochs = (30, 60, 90)
+  c.step_gamma = 0.1
+  c.label_smoothing = 0.0
+  c.label_mode = "hard"           # "hard": one-hot CE; "soft": KL to a teacher on every view
+  c.temperature = 20.0            # soft labels: KL(softmax(teacher/T) || softmax(student/T))
+  c.cutmix_alpha = 1.0            # soft labels only (the reference soft-label config); 0 = off
+  c.crop = "rrc"                  # "patch" | "rrc" | "none"
+  c.grid = (1, 1)                 # mosaic grid for crop="patch"
+  c.crop_scale = (0.08, 1.0)
+  c.crop_ratio = (3 / 4, 4 / 3)
+  c.flip = True
+  c.image_size = 224              # stored image size (views are this size when resolution=full)
+  c.resolution = "full"           # "full": views and eval at image_size (the paper's protocol);
+                                  # "patch": views and eval at the cell size image_size / grid;
+                                  # "blur": train full, eval on test images down-up resized to the cell
+  c.eval_image_size = 0           # 0 = image_size
+  c.eval_every_epochs = 50
+  c.eval_batch_size = 256
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 2
+  c.log_every_steps = 50
+  c.num_threads = 8
+  c.num_workers = 0
+  c.prefetch = 2                  # Grain input: batches read + copied to the devices ahead
+  c.seed = 0
+  c.max_steps = 0                 # > 0: stop after this many steps (tests, benchmarks)
+  return c
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -46,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.width = 64
   c.model.stem = "imagenet"
   c.model.dtype = "float32"
+  # torchvision's resnet18 (the reference student) keeps every BatchNorm scale at 1; True zeroes
+  # the last one of each residual block (Goyal et al.), as flax's example ResNet does.
+  c.model.zero_init_residual = False
 
   # Prune: EL2N from K early-trained models on the FULL train set (data_diet style).
   c.score = ml_collections.ConfigDict()
@@ -54,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.score.batch_size = 512           # forward pass batch (global)
   c.score.scores_path = ""           # precomputed [N] scores (.npy) instead of training
   c.score.forgetting = False         # also count forgetting events (one correctness pass/epoch)
-  c.score.train = train_lib.default_train_config()
+  c.score.train = default_train_config()
   c.score.train.update(dict(
       epochs=10, batch_size=1024, optimizer="sgd", lr=0.1, scale_lr_by_batch=True,
       base_batch_size=256, weight_decay=1e-4, momentum=0.9, nesterov=True, schedule="cosine",
@@ -70,14 +132,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.combine.fit = "squash"           # whole image resized into its cell (no cropping)
 
   # Evaluation training: the reference benchmark's hard-label recipe.
-  c.train = train_lib.default_train_config()
+  c.train = default_train_config()
   c.train.update(dict(epochs=300, batch_size=128, optimizer="adamw", lr=1e-3, weight_decay=0.01,
                       schedule="cosine", schedule_unit="epoch", crop="patch", crop_scale=(0.08, 1.0),
                       eval_every_epochs=50, checkpoint_every_steps=1000, eval_batch_size=500))
 
-  # The DC benchmark (stages teacher, benchmark): see pca_jax/benchmark.py.
+  # The DC benchmark (stages teacher, benchmark): see pca_jax/dc/.
   c.benchmark = ml_collections.ConfigDict()
-  c.benchmark.methods = "random,el2n_easy,el2n_hard,entropy_easy,entropy_hard,forgetting,rded_like,pca"
+  c.benchmark.methods = ("random,el2n_easy,el2n_hard,entropy_easy,entropy_hard,forgetting_hard,"
+                         "rded_like,pca")
   c.benchmark.ipcs = (10, 50, 100)
   c.benchmark.label_modes = ("hard", "soft")
   c.benchmark.seeds = (0,)
@@ -89,13 +152,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.benchmark.rded_pool = 300        # random candidate images per class for rded_like
   c.benchmark.rded_crops_per_image = 5
   c.benchmark.rded_crop_scale = (0.25, 1.0)
-  c.benchmark.teacher = train_lib.default_train_config()
+  c.benchmark.teacher = default_train_config()
   c.benchmark.teacher.update(dict(
       epochs=90, batch_size=1024, optimizer="sgd", lr=0.1, scale_lr_by_batch=True,
       base_batch_size=256, weight_decay=5e-5, schedule="cosine", schedule_unit="step",
       warmup_epochs=2, crop="rrc", eval_every_epochs=10, checkpoint_every_steps=2000,
       log_every_steps=100))
   return c
+
+
+def sibling_config(config_file: str, name: str):
+  """The get_config of <name>.py in the folder of `config_file`, so configs can build on each
+  other by path (works from any working directory, with or without an installed package)."""
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"pca_jax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config
 
 
 def cells(config) -> int:
@@ -112,14 +186,104 @@ def parse_stages(stages: str) -> list[str]:
   return [s for s in STAGES if s in names]  # always run in pipeline order
 
 
+# ------------------------------------------------------------------------------------ fingerprints
+def _plain(value: Any) -> Any:
+  """ConfigDicts, tuples, numpy scalars -> JSON-able dicts, lists, numbers; ignored leaves dropped."""
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  if isinstance(value, dict):
+    return {str(k): _plain(v) for k, v in sorted(value.items()) if k not in IGNORED_FIELDS}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if hasattr(value, "item") and callable(value.item):  # numpy scalars
+    return value.item()
+  if isinstance(value, (str, int, float, bool)) or value is None:
+    return value
+  return str(value)
+
+
+def config_values(config, fields: Iterable[str]) -> dict[str, Any]:
+  """{dotted leaf path: value} of the given config fields (dotted paths; a group is expanded to
+  its leaves), without the IGNORED_FIELDS. The flat form lets a changed artifact name its fields."""
+  out: dict[str, Any] = {}
+
+  def walk(prefix: str, value: Any) -> None:
+    if isinstance(value, dict):
+      for k, v in value.items():
+        walk(f"{prefix}.{k}", v)
+    else:
+      out[prefix] = value
+  for field in fields:
+    obj = config
+    for part in field.split("."):
+      obj = obj[part]
+    if field.split(".")[-1] not in IGNORED_FIELDS:
+      walk(field, _plain(obj))
+  return out
+
+
+def fingerprint(*parts: Any) -> str:
+  """The one fingerprint: a 16-hex-digit SHA-256 of the parts' canonical JSON (config groups,
+  config_values dicts, upstream fingerprints, ...). Ignored fields inside config groups are dropped."""
+  text = json.dumps(_plain(list(parts)), sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+  """The dotted fields whose values differ between two config_values dicts."""
+  return sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
+
+
+# -------------------------------------------------------------------------------------- validation
+def _check_train(name: str, tc, full_dataset: bool) -> None:
+  """A training config block: every number in range, every choice known."""
+  from pca_jax.augment import CROP_KINDS
+  if tc.crop not in CROP_KINDS:
+    raise ValueError(f"unknown {name}.crop {tc.crop!r}; choose one of {CROP_KINDS}")
+  if full_dataset and tc.crop == "patch":
+    raise ValueError(f"{name}.crop='patch' crops inside mosaic cells, but {name} trains on the full "
+                     "dataset; use rrc or none")
+  for field in ("epochs", "batch_size", "eval_batch_size", "log_every_steps",
+                "checkpoint_every_steps", "keep_checkpoints", "prefetch", "base_batch_size"):
+    if not isinstance(tc[field], int) or tc[field] < 1:
+      raise ValueError(f"{name}.{field} must be a positive integer, got {tc[field]!r}")
+  if not (isinstance(tc.lr, (int, float)) and math.isfinite(tc.lr) and tc.lr > 0):
+    raise ValueError(f"{name}.lr must be a positive number, got {tc.lr!r}")
+  for field, ok, allowed in (("weight_decay", lambda v: v >= 0, ">= 0"),
+                             ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+                             ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+                             ("warmup_epochs", lambda v: v >= 0, ">= 0"),
+                             ("cutmix_alpha", lambda v: v >= 0, ">= 0"),
+                             ("max_steps", lambda v: v >= 0, ">= 0 (0 = no limit)"),
+                             ("temperature", lambda v: v > 0, "> 0")):
+    if not ok(tc[field]):
+      raise ValueError(f"{name}.{field} must be {allowed}, got {tc[field]!r}")
+  if tc.optimizer not in OPTIMIZERS:
+    raise ValueError(f"unknown {name}.optimizer {tc.optimizer!r}; use adamw or sgd")
+  if tc.schedule not in SCHEDULES:
+    raise ValueError(f"unknown {name}.schedule {tc.schedule!r}; use cosine, step or constant")
+  if tc.schedule_unit not in ("epoch", "step"):
+    raise ValueError(f"unknown {name}.schedule_unit {tc.schedule_unit!r}; use epoch or step")
+  if tc.label_mode not in ("hard", "soft"):
+    raise ValueError(f"unknown {name}.label_mode {tc.label_mode!r}; use hard or soft")
+  if tc.resolution not in RESOLUTIONS:
+    raise ValueError(f"unknown {name}.resolution {tc.resolution!r}; choose one of {RESOLUTIONS}")
+  scale, ratio = tuple(tc.crop_scale), tuple(tc.crop_ratio)
+  if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+    raise ValueError(f"{name}.crop_scale must satisfy 0 < min <= max <= 1, got {scale}")
+  if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+    raise ValueError(f"{name}.crop_ratio must satisfy 0 < min <= max, got {ratio}")
+
+
 def validate(config) -> None:
-  """Raises ValueError naming the field for anything that cannot work."""
+  """Raises ValueError naming the field for anything that cannot work (no data is read here)."""
   from pca_jax.models.resnet import DTYPES, MODELS
   from pca_jax.data.sources import SOURCES
   from pca_jax.combine import check_grid
-  from pca_jax.augment import CROP_KINDS
+  from pca_jax.scoring import SELECTION_SCORES
+  from pca_jax.training.views import view_sizes
 
-  parse_stages(config.stages)
+  stages = parse_stages(config.stages)
   if config.data.source not in SOURCES:
     raise ValueError(f"unknown data.source {config.data.source!r}; choose one of {SOURCES}")
   if config.model.name not in MODELS:
@@ -128,10 +292,20 @@ def validate(config) -> None:
     raise ValueError(f"unknown model.dtype {config.model.dtype!r}; choose one of {sorted(DTYPES)}")
   if config.model.stem not in ("imagenet", "small"):
     raise ValueError(f"unknown model.stem {config.model.stem!r}; use imagenet or small")
-  if config.score.kind not in SCORE_KINDS:
-    raise ValueError(f"unknown score.kind {config.score.kind!r}; choose one of {SCORE_KINDS}")
-  if config.score.num_models < 1:
-    raise ValueError(f"score.num_models must be >= 1, got {config.score.num_models}")
+  if not isinstance(config.model.width, int) or config.model.width < 1:
+    raise ValueError(f"model.width must be a positive integer, got {config.model.width!r}")
+  size = config.data.image_size
+  if not isinstance(size, int) or size < 1:
+    raise ValueError(f"data.image_size must be a positive integer, got {size!r}")
+  if not 0 < config.data.eval_crop_fraction <= 1:
+    raise ValueError(f"data.eval_crop_fraction must be in (0, 1], got "
+                     f"{config.data.eval_crop_fraction!r}")
+  if config.score.kind not in SELECTION_SCORES:
+    raise ValueError(f"unknown score.kind {config.score.kind!r}; choose one of "
+                     f"{tuple(SELECTION_SCORES)}")
+  for field in ("num_models", "batch_size"):
+    if not isinstance(config.score[field], int) or config.score[field] < 1:
+      raise ValueError(f"score.{field} must be a positive integer, got {config.score[field]!r}")
   if config.select.mode not in SELECT_MODES:
     raise ValueError(f"unknown select.mode {config.select.mode!r}; choose one of {SELECT_MODES}")
   if not isinstance(config.select.ipc, int) or config.select.ipc < 1:
@@ -139,7 +313,6 @@ def validate(config) -> None:
   if config.combine.fit not in FITS:
     raise ValueError(f"unknown combine.fit {config.combine.fit!r}; choose one of {FITS}")
   grid = tuple(config.combine.grid)
-  size = config.data.image_size
   if len(grid) != 2 or min(grid) < 1 or max(grid) > 8:
     raise ValueError(f"combine.grid={grid} is out of range; use (rows, cols) between 1 and 8")
   try:
@@ -147,29 +320,23 @@ def validate(config) -> None:
   except ValueError:
     raise ValueError(f"combine.grid={grid} does not divide data.image_size={size}; use an "
                      f"image size that is a multiple of {grid[0]} and {grid[1]}") from None
-  for name, tc in (("train", config.train), ("score.train", config.score.train),
-                   ("benchmark.teacher", config.benchmark.teacher)):
-    if tc.crop not in CROP_KINDS:
-      raise ValueError(f"unknown {name}.crop {tc.crop!r}; choose one of {CROP_KINDS}")
-    for field in ("epochs", "batch_size", "eval_batch_size", "log_every_steps",
-                  "checkpoint_every_steps", "prefetch"):
-      if tc[field] < 1:
-        raise ValueError(f"{name}.{field} must be >= 1, got {tc[field]}")
-    if name == "train" and tc.resolution != "full":
-      probe = tc.copy_and_resolve_references()
-      probe.image_size, probe.grid = size, tuple(config.combine.grid)
-      try:
-        train_lib.view_sizes(probe)
-      except ValueError as e:
-        raise ValueError(f"{e} (combine.grid={tuple(config.combine.grid)}, "
-                         f"data.image_size={size})") from None
-    if tc.label_mode not in ("hard", "soft"):
-      raise ValueError(f"unknown {name}.label_mode {tc.label_mode!r}; use hard or soft")
-    if not 0 < tc.crop_scale[0] <= tc.crop_scale[1] <= 1:
-      raise ValueError(f"{name}.crop_scale must satisfy 0 < min <= max <= 1, got {tc.crop_scale}")
-  if "benchmark" in parse_stages(config.stages):
-    from pca_jax.benchmark import plan_cells
-    plan_cells(config.benchmark, config.combine.grid, size, {"x": 1})
+  for name, tc, full_dataset in (("train", config.train, False),
+                                 ("score.train", config.score.train, True),
+                                 ("benchmark.teacher", config.benchmark.teacher, True)):
+    _check_train(name, tc, full_dataset)
+  if config.train.resolution != "full":
+    probe = config.train.copy_and_resolve_references()
+    probe.image_size, probe.grid = size, grid
+    try:
+      view_sizes(probe)
+    except ValueError as e:
+      raise ValueError(f"{e} (combine.grid={grid}, data.image_size={size})") from None
+  if "benchmark" in stages:
+    from pca_jax.dc.plan import plan_cells
+    plan_cells(config.benchmark, grid, size, {"x": 1})
+    for field in ("rded_pool", "rded_crops_per_image", "soft_label_bytes_per_value"):
+      if config.benchmark[field] < 1:
+        raise ValueError(f"benchmark.{field} must be >= 1, got {config.benchmark[field]!r}")
   if config.data.source == "imagefolder" and not config.data.data_dir:
     raise ValueError("data.source='imagefolder' needs --config.data.data_dir=<root with "
                      f"{config.data.train_split}/ and {config.data.eval_split}/ class folders>")

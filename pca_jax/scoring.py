@@ -8,6 +8,7 @@ data_diet / the PCA paper do with several early-trained models.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
@@ -37,9 +38,29 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.argmax(logits, axis=-1) == labels
 
 
+@dataclasses.dataclass(frozen=True)
+class Score:
+  """A per-example difficulty score (lower = easier). `fn` computes it from one eval-mode forward
+  pass, (logits [N, C], labels [N]) -> [N]; None means it is derived from the scoring models'
+  training history instead (forgetting events, counted after every epoch)."""
+  fn: Callable[[jax.Array, jax.Array], jax.Array] | None
+  doc: str
+
+
+# The one registry of scores. The score stage writes scores_<name>.npy for every entry (forward
+# scores always, history scores when asked for), `score.kind` selects by any forward score, and the
+# DC benchmark offers <name>_easy / <name>_hard for every entry: add a score here and nowhere else.
+SCORES: Mapping[str, Score] = {
+    "el2n": Score(lambda logits, labels: el2n(logits, labels),
+                  "||softmax - onehot||_2 (Paul et al., data_diet)"),
+    "entropy": Score(lambda logits, labels: entropy(logits), "predictive entropy"),
+    "forgetting": Score(None, "forgetting events between epochs (Toneva et al.); needs "
+                              "score.forgetting=True"),
+}
+SELECTION_SCORES = tuple(name for name, s in SCORES.items() if s.fn is not None)
+
 SCORE_FNS: Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
-    "el2n": lambda logits, labels: el2n(logits, labels),
-    "entropy": lambda logits, labels: entropy(logits),
+    **{name: s.fn for name, s in SCORES.items() if s.fn is not None},
     "correct": lambda logits, labels: correct(logits, labels).astype(jnp.float32),
 }
 

@@ -3,7 +3,7 @@
 import ml_collections
 import numpy as np
 
-from pca_jax import train
+from pca_jax.config import default_train_config
 from pca_jax.data.sources import ArraySource
 
 
@@ -11,7 +11,7 @@ def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(name="resnet10", width=4, stem="small", dtype="float32"))
   c.data = ml_collections.ConfigDict(dict(eval_crop_fraction=1.0))
-  c.train = train.default_train_config()
+  c.train = default_train_config()
   c.train.update(dict(epochs=4, batch_size=16, image_size=8, crop="none", flip=False,
                       eval_batch_size=16, log_every_steps=1, num_threads=1, lr=1e-2,
                       checkpoint_every_steps=1000, eval_every_epochs=0))

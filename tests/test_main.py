@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -77,12 +78,14 @@ def test_cli_end_to_end_then_rerun_skips(tmp_path):
   res = json.loads((wd / "results.json").read_text())
   assert res["test_images"] == 450 and res["stored_images"] == 40
   assert res["top1"] > 20.0, res  # chance is 10%
-  assert "| pca | 4 | 2x2 |" in (wd / "results.md").read_text()
+  md = (wd / "results.md").read_text()
+  assert "| pca | 4 | 2x2 | easy el2n | hard |" in md
+  assert "hard labels, patch-constrained crops" in md and "full resolution" in md
   assert "[train] step" in out.stdout  # progress lines in a non-TTY log
 
   again = _cli(["--config=configs/demo.py", f"--workdir={wd}", cache, *TINY])
   assert again.returncode == 0, again.stderr[-3000:]
-  for stage in ("score", "select", "combine", "store", "train", "eval"):
+  for stage in ("score", "select", "combine", "store", "train", "eval", "report"):
     assert f"[{stage}] already done" in again.stdout
   assert json.loads((wd / "results.json").read_text())["top1"] == res["top1"]
 
@@ -138,12 +141,29 @@ def test_config_validation(tmp_path, field, value, match):
   assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
-def test_ipc_larger_than_smallest_class(tmp_path):
-  cfg = tiny_config(stages="select")
+def test_ipc_larger_than_smallest_class_fails_before_scoring(tmp_path):
+  cfg = tiny_config()  # every stage, from an empty run directory
   cfg.select.ipc = 40
-  cfg.select.mode = "random"
-  with pytest.raises(ValueError, match="class 8 has only 130"):
+  with pytest.raises(ValueError, match="select.ipc=40 x 4 grid cells = 160 images per class, but "
+                                       "class 8 has only 130"):
     pca_main.run_pipeline(cfg, tmp_path / "run")
+  assert not (tmp_path / "run").exists()  # refused up front: nothing trained, nothing written
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("train.lr", -1.0, "train.lr must be a positive number, got -1.0"),
+    ("score.train.epochs", 0, "score.train.epochs must be a positive integer, got 0"),
+    ("train.batch_size", -8, "train.batch_size must be a positive integer"),
+    ("train.crop_scale", (0.0, 1.0), "train.crop_scale must satisfy 0 < min <= max <= 1"),
+    ("benchmark.teacher.crop_scale", (0.5, 1.5), "benchmark.teacher.crop_scale must satisfy"),
+    ("train.weight_decay", -0.1, "train.weight_decay must be >= 0"),
+    ("score.train.crop", "patch", "score.train.crop='patch' crops inside mosaic cells"),
+])
+def test_numbers_out_of_range_are_refused_up_front(tmp_path, field, value, match):
+  cfg = tiny_config(**{field: value})
+  with pytest.raises(ValueError, match=re.escape(match)):
+    pca_main.run_pipeline(cfg, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -158,6 +178,10 @@ def test_cli_errors_are_one_line(tmp_path):
   assert "Traceback" not in out.stderr
   out = _cli(["--config=configs/missing.py", f"--workdir={tmp_path}"])
   assert out.returncode == 2 and "cannot load --config" in out.stderr
+  out = _cli(["--config=configs/demo.py", "--config.train.lr=-1", f"--workdir={tmp_path / 'n'}"])
+  assert out.returncode == 2 and out.stderr.strip() == \
+      "error: train.lr must be a positive number, got -1.0"
+  assert not (tmp_path / "n").exists()
 
 
 def test_configs_load_and_validate():

@@ -169,3 +169,27 @@ def test_batch_norm_train_gradient_includes_the_statistics_outputs():
   want = jax.grad(lambda *a: loss(plain, *a), (0, 1, 2))(x, scale, bias)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_torchvision_initialisation_and_zero_init_residual_option():
+  import jax
+  import numpy as np
+  from flax.traverse_util import flatten_dict
+  from pca_jax.models.resnet import create_model
+  x = jax.numpy.zeros((1, 32, 32, 3))
+  for zero in (False, True):
+    model = create_model("resnet18", 10, width=32, stem="small", zero_init_residual=zero)
+    params = flatten_dict(model.init(jax.random.key(0), x, train=False)["params"], sep="/")
+    last_bn = [k for k in params if k.endswith("BatchNorm_1/scale")]
+    assert len(last_bn) == 8  # the second BatchNorm of each of ResNet-18's 8 basic blocks
+    for k in last_bn:
+      assert np.all(np.asarray(params[k]) == (0.0 if zero else 1.0)), k
+  # kaiming_normal_(mode="fan_out", relu): std sqrt(2 / (3 * 3 * out_channels))
+  k = np.asarray(params["ResNetBlock_7/Conv_1/kernel"])
+  assert k.shape == (3, 3, 256, 256)
+  assert np.std(k) == pytest.approx(np.sqrt(2 / (9 * 256)), rel=0.02)
+  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias
+  bound = 1 / np.sqrt(256)
+  for name in ("head/kernel", "head/bias"):
+    v = np.asarray(params[name])
+    assert np.abs(v).max() <= bound and np.abs(v).max() > 0.8 * bound

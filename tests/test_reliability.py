@@ -185,12 +185,11 @@ def test_read_only_workdir(tmp_path):
   _one_line_error(out, "cannot write to /proc/pca_jax_run", "writable --workdir")
 
 
-def test_failed_stage_keeps_previous_good_output(tmp_path, monkeypatch):
+def test_failed_stage_leaves_no_partial_and_no_stale_output(tmp_path, monkeypatch):
   wd = tmp_path / "run"
   pca_main.run_pipeline(tiny_config(stages="score,select,combine,store"), wd)
-  good = {f: np.load(wd / f) for f in ("selected.npy", "combine/mosaics.npy",
-                                        "compressed/images.npy")}
   from pca_jax import combine as combine_mod
+  real = combine_mod.make_mosaics
 
   def boom(*a, **k):
     raise RuntimeError("injected failure in the middle of combine")
@@ -199,15 +198,16 @@ def test_failed_stage_keeps_previous_good_output(tmp_path, monkeypatch):
   cfg.select.ipc = 2
   with pytest.raises(RuntimeError, match="injected"):
     pca_main.run_pipeline(cfg, wd)
-  # the old mosaics and dataset are intact; no temporary directories are left behind
-  np.testing.assert_array_equal(np.load(wd / "combine" / "mosaics.npy"), good["combine/mosaics.npy"])
-  np.testing.assert_array_equal(np.load(wd / "compressed" / "images.npy"),
-                                good["compressed/images.npy"])
-  assert not [p for p in wd.iterdir() if ".tmp-" in p.name]
-  # select finished before the failure, so later stages must rerun: their markers are gone
-  assert (wd / "stages" / "select.json").exists()
-  assert not (wd / "stages" / "combine.json").exists()
+  # select finished; the mosaics and the dataset of the old selection are gone (stale), and the
+  # failed combine left no temporary directory and no output under its final name
+  assert json.loads((wd / "stages" / "select.json").read_text())["status"] == "done"
+  assert json.loads((wd / "stages" / "combine.json").read_text())["status"] == "running"
   assert not (wd / "stages" / "store.json").exists()
+  assert not (wd / "combine").exists() and not (wd / "compressed").exists()
+  assert not [p for p in wd.rglob("*") if ".tmp-" in p.name]
+  monkeypatch.setattr(combine_mod, "make_mosaics", real)
+  pca_main.run_pipeline(cfg, wd)
+  assert json.loads((wd / "compressed" / "manifest.json").read_text())["num_images"] == 20
   before = np.load(wd / "selected.npy")
 
   def fail_writer(tmp):

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pca_jax import train
+from pca_jax import training as train
+from pca_jax.training import steps
+from pca_jax.training.views import eval_preprocess, view_sizes
 from pca_jax.config import validate
 from tests.helpers import colour_dataset, colour_source, tiny_config
 from tests.test_main import tiny_config as pipeline_config
@@ -13,20 +15,20 @@ from tests.test_main import tiny_config as pipeline_config
 
 def test_view_sizes():
   cfg = tiny_config(image_size=224, grid=(2, 2)).train
-  assert train.view_sizes(cfg) == (224, 224, 0)
+  assert view_sizes(cfg) == (224, 224, 0)
   cfg.resolution = "patch"
-  assert train.view_sizes(cfg) == (112, 112, 0)
+  assert view_sizes(cfg) == (112, 112, 0)
   cfg.resolution = "blur"
-  assert train.view_sizes(cfg) == (224, 224, 112)
+  assert view_sizes(cfg) == (224, 224, 112)
   cfg.grid = (1, 2)
   with pytest.raises(ValueError, match="needs a square grid"):
-    train.view_sizes(cfg)
+    view_sizes(cfg)
   cfg.update(dict(grid=(8, 8), image_size=16, resolution="patch"))
   with pytest.raises(ValueError, match="cells of 2px are too small"):
-    train.view_sizes(cfg)
+    view_sizes(cfg)
   cfg.resolution = "half"
   with pytest.raises(ValueError, match="unknown train.resolution"):
-    train.view_sizes(cfg)
+    view_sizes(cfg)
 
 
 def test_config_rejects_resolution_that_does_not_fit_grid():
@@ -75,9 +77,9 @@ def test_blur_eval_is_down_up_resize():
   rng = np.random.default_rng(0)
   img = rng.integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
   unit = dict(mean=(0, 0, 0), std=(1 / 255,) * 3)  # identity normalisation
-  full = np.asarray(train.eval_preprocess(img, 8, 0, **unit))
-  blurred = np.asarray(train.eval_preprocess(img, 8, 4, **unit))
-  patch = np.asarray(train.eval_preprocess(img, 4, 0, **unit))
+  full = np.asarray(eval_preprocess(img, 8, 0, **unit))
+  blurred = np.asarray(eval_preprocess(img, 8, 4, **unit))
+  patch = np.asarray(eval_preprocess(img, 4, 0, **unit))
   np.testing.assert_allclose(full, img, atol=1e-3)
   assert patch.shape == (2, 4, 4, 3)
   # blurred = high frequencies gone: smoother than the original, and equal to an explicit down-up
@@ -95,12 +97,12 @@ def test_soft_labels_at_patch_resolution_feed_the_teacher_full_size_views():
   def teacher_apply(v, x):
     seen.append(x.shape)
     return jnp.zeros((x.shape[0], 4))
-  spec = train.LossSpec(4, teacher_apply=teacher_apply, teacher_size=8)
+  spec = steps.LossSpec(4, teacher_apply=teacher_apply, teacher_size=8)
   import optax
   from pca_jax.models.resnet import create_model
   model = create_model("resnet10", 4, 4, "small")
-  state = train.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (4, 4, 3))
+  state = steps.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (4, 4, 3))
   views = jnp.zeros((2, 4, 4, 3))
-  train._train_update(state, views, jnp.zeros(2, jnp.int32), jnp.ones(2), spec, None,
+  steps.train_update(state, views, jnp.zeros(2, jnp.int32), jnp.ones(2), spec, None,
                       jax.random.key(1))
   assert seen == [(2, 8, 8, 3)]

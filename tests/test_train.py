@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from pca_jax import train
-from pca_jax.evaluate import eval_metrics, evaluate
+from pca_jax import training as train
+from pca_jax.training import steps
+from pca_jax.training.evaluate import eval_metrics, evaluate_batches
 from pca_jax import parallel
 from tests.helpers import colour_dataset, colour_source, tiny_config
 
@@ -36,7 +37,7 @@ def test_eight_devices_match_one_device(tmp_path):
       import jax; assert jax.device_count() == 1
       from tests.test_train import _memory, _losses
       from tests.helpers import tiny_config
-      from pca_jax import train
+      from pca_jax import training as train
       train.train(tiny_config(epochs=3, crop="rrc", flip=True), {str(tmp_path / 'one')!r}, _memory(),
                   log=lambda s: None)
       print(_losses({str(tmp_path / 'one')!r}))
@@ -87,7 +88,7 @@ def test_eval_counts_every_example_once_with_odd_split():
     idx = np.minimum(idx, 22)
     batches.append({"image": logits[idx], "label": labels[idx], "mask": mask})
   step = jax.jit(lambda state, x, y, m: eval_metrics(x, y, m))
-  got = evaluate(step, None, batches, mesh)
+  got = evaluate_batches(step, None, batches, mesh)
   top5 = np.argsort(-logits, 1)[:, :5]
   assert got["count"] == 23
   assert got["top1"] == pytest.approx(100 * np.mean(logits.argmax(1) == labels))
@@ -104,18 +105,18 @@ def test_bf16_runs_and_params_stay_float32(tmp_path):
 
 def test_schedule_and_optimizer_options():
   cfg = tiny_config(epochs=10, lr=1.0, schedule="cosine", schedule_unit="epoch")
-  sched = train.make_schedule(cfg.train, steps_per_epoch=4)
+  sched = steps.make_schedule(cfg.train, steps_per_epoch=4)
   assert float(sched(0)) == pytest.approx(1.0) and float(sched(3)) == pytest.approx(1.0)
   assert float(sched(20)) == pytest.approx(0.5)  # epoch 5 of 10: cos(pi/2)
   cfg.train.update(dict(schedule="step", step_epochs=(2, 4), step_gamma=0.1, warmup_epochs=2))
-  sched = train.make_schedule(cfg.train, 4)
+  sched = steps.make_schedule(cfg.train, 4)
   assert [round(float(sched(s)), 4) for s in (0, 4, 8, 16)] == [0.5, 1.0, 0.1, 0.01]
   cfg.train.update(dict(schedule="constant", warmup_epochs=0, scale_lr_by_batch=True,
                         batch_size=256, base_batch_size=128))
-  assert float(train.make_schedule(cfg.train, 4)(7)) == pytest.approx(2.0)
+  assert float(steps.make_schedule(cfg.train, 4)(7)) == pytest.approx(2.0)
   for opt in ("adamw", "sgd"):
     cfg.train.optimizer = opt
-    tx, _ = train.make_optimizer(cfg.train, 4)
+    tx, _ = steps.make_optimizer(cfg.train, 4)
     params = {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)}
     st = tx.init(params)
     zero = jax.tree.map(np.zeros_like, params)
@@ -124,7 +125,7 @@ def test_schedule_and_optimizer_options():
     assert np.all(np.asarray(upd["kernel"]) < 0) and np.all(np.asarray(upd["bias"]) == 0)
   cfg.train.optimizer = "lion"
   with pytest.raises(ValueError, match="unknown train.optimizer"):
-    train.make_optimizer(cfg.train, 4)
+    steps.make_optimizer(cfg.train, 4)
 
 
 def test_prefetch_to_device_order_sharding_errors_and_early_exit():
@@ -165,3 +166,118 @@ def test_prefetch_to_device_order_sharding_errors_and_early_exit():
   assert threading.active_count() <= before
   with pytest.raises(ValueError, match="prefetch size must be >= 1"):
     next(parallel.prefetch_to_device(iter(batches), mesh, ("image",), size=0))
+
+
+def test_checkpoint_of_another_fingerprint_is_not_resumed(tmp_path):
+  data = _memory()
+  cfg = tiny_config(epochs=3, crop="rrc", flip=True)
+  full, _ = train.train(cfg, tmp_path / "ref", data, log=lambda s: None, fingerprint="A")
+  total = int(full.step)
+  half = tiny_config(epochs=3, crop="rrc", flip=True, max_steps=total // 2)
+  train.train(half, tmp_path / "run", data, log=lambda s: None, fingerprint="A")
+  msgs = []
+  s2, m = train.train(cfg, tmp_path / "run", data, log=msgs.append, fingerprint="B")
+  assert any("written under another config (fingerprint A, now B): not resumed" in x for x in msgs)
+  assert not any("resumed from checkpoint" in x for x in msgs)
+  assert _losses(tmp_path / "run") == pytest.approx(_losses(tmp_path / "ref"), rel=1e-6)
+  assert m["train_loss"] is not None and int(s2.step) == total
+  # the default fingerprint covers the config: another lr does not continue this run either
+  msgs.clear()
+  train.train(tiny_config(epochs=3, crop="rrc", flip=True, lr=5e-3), tmp_path / "run", data,
+              log=msgs.append)
+  assert any("not resumed" in x for x in msgs)
+  # a finished run restored under its own fingerprint reports its last loss, not null
+  msgs.clear()
+  _, again = train.train(tiny_config(epochs=3, crop="rrc", flip=True, lr=5e-3), tmp_path / "run",
+                         data, log=msgs.append)
+  assert any("resumed from checkpoint at step" in x for x in msgs)
+  assert again["train_loss"] is not None
+
+
+def test_throughput_leaves_out_compilation_evaluation_and_checkpoints():
+  import time
+  from pca_jax.training.metrics import Throughput
+  meter = Throughput()
+  time.sleep(0.3)  # "compilation": the first interval
+  meter.add(100)
+  assert meter.lap() < 400 and meter.rate is None
+  for _ in range(2):
+    time.sleep(0.05)
+    meter.add(10)
+    with meter.paused():
+      time.sleep(0.3)  # evaluation or a checkpoint save
+    meter.lap()
+  assert meter.images == 20 and 0.09 < meter.seconds < 0.2
+  assert 100 < meter.rate < 220
+
+
+def test_memory_feed_draws_one_permutation_per_epoch():
+  from pca_jax.training.feeds import MemoryFeed
+  mesh = parallel.make_mesh()
+  cfg = tiny_config(batch_size=16).train
+  feed = MemoryFeed(_memory(40), cfg, mesh)
+  calls = []
+  real = feed._perm_fn
+  feed._perm_fn = lambda e: calls.append(int(e)) or real(e)
+  feed.open(0)
+  assert feed.batch == 16 and feed.steps_per_epoch == 3
+  perms = [np.asarray(feed.args(step)[2]) for step in range(9)]
+  assert calls == [0, 1, 2]
+  assert sorted(perms[0].tolist()) == list(range(40))
+  assert not np.array_equal(perms[0], perms[3])
+  # the gather of one epoch visits every stored image exactly once (weights mask the filler)
+  images, labels, perm = feed.args(0)
+  seen = []
+  for step in range(3):
+    _, lab, w = jax.jit(feed.gather)(step, images, labels, perm)
+    idx = np.asarray(perm)[step * 16:(step + 1) * 16]
+    assert np.asarray(w).sum() == len(idx)
+    seen += idx.tolist()
+  assert sorted(seen) == list(range(40))
+
+
+def test_random_streams_are_independent():
+  from pca_jax import rng
+  from pca_jax.data import pipeline
+  seeds = [rng.derive_seed(0, "score_model", k) for k in range(4)]
+  assert len(set(seeds)) == 4 and all(0 <= s < 2 ** 31 for s in seeds)
+  assert rng.derive_seed(0, "teacher") != rng.derive_seed(0, "student")
+  # consecutive model seeds no longer replay each other's epochs (Grain's seed + epoch did)
+  for e in range(3):
+    a = pipeline.epoch_order(100, seeds[0], e + 1)
+    b = pipeline.epoch_order(100, seeds[1], e)
+    assert not np.array_equal(a, b)
+  keys = [jax.random.key_data(rng.stream_key(7, name)) for name in ("init", "data", "augment")]
+  assert len({tuple(np.asarray(k).tolist()) for k in keys}) == 3
+  with pytest.raises(ValueError, match="unknown random stream"):
+    rng.stream_key(0, "dropout")
+
+
+def test_full_dataset_crops_are_drawn_from_the_decoded_image():
+  """torchvision's RandomResizedCrop: boxes on the whole image, not on its centre crop."""
+  from pca_jax.data import pipeline
+  from pca_jax.data.sources import ArraySource
+  img = np.zeros((20, 40, 3), np.uint8)
+  img[:, :6] = 255  # a stripe the 20x20 centre crop of a 20x40 image never shows
+  src = ArraySource(np.repeat(img[None], 16, 0), np.arange(16) % 2, ["a", "b"])
+  centre = list(pipeline.train_batches(src, 8, 8, seed=0, num_epochs=4))
+  assert max(b["image"].max() for b in centre) == 0
+  crops = list(pipeline.train_batches(src, 8, 8, seed=0, num_epochs=4,
+                                      crop=((0.08, 1.0), (3 / 4, 4 / 3))))
+  shows = np.array([im.max() > 0 for b in crops for im in b["image"]])
+  assert 0.05 < shows.mean() < 0.9  # some crops reach the stripe, not all
+  again = list(pipeline.train_batches(src, 8, 8, seed=0, num_epochs=4,
+                                      crop=((0.08, 1.0), (3 / 4, 4 / 3)), start_step=5))
+  for a, b in zip(crops[5:], again):  # deterministic in (seed, step): resumable
+    np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_evaluate_saved_variables_without_the_trainer(tmp_path):
+  from pca_jax.models.resnet import model_from_config
+  cfg = tiny_config(epochs=4, lr=3e-2)
+  state, m = train.train(cfg, tmp_path, _memory(64), colour_source(48), log=lambda s: None)
+  variables = train.load_variables(tmp_path)
+  model = model_from_config(cfg.model, 4)
+  ev = train.evaluate(variables, colour_source(48), model.apply, eval_size=8, batch_size=16)
+  assert ev["count"] == 48
+  assert ev["top1"] == pytest.approx(m["eval_top1"]) and ev["top5"] == pytest.approx(m["eval_top5"])

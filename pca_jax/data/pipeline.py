@@ -2,10 +2,11 @@
 
 - `ordered_batches`: every example exactly once, in index order, with its global index and a mask
   for the padded tail; used for scoring (EL2N over the full train set) and evaluation.
-- `train_batches`: shuffled per epoch with a seed, fixed-size uint8 images; random-resized crops and
-  flips run afterwards on device inside the jitted step (pca_jax.augment), so host and device share
-  one augmentation implementation. Resumable: start at any step (deterministic in (seed, step));
-  the Grain iterator's own get_state()/set_state() also works.
+- `train_batches`: shuffled per epoch with a seed, fixed-size uint8 images. For full-dataset
+  training the random-resized crop is taken here, from the whole decoded image (as torchvision's
+  RandomResizedCrop does), with the box rule of pca_jax.augment; flips run on device. Resumable:
+  start at any step (deterministic in (seed, step)); the Grain iterator's get_state()/set_state()
+  also works.
 Each process reads only its shard: batches are split by jax.process_index()/process_count().
 """
 
@@ -106,36 +107,71 @@ def train_steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return num_examples // global_batch
 
 
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The permutation of example indices that epoch `epoch` visits: a pure function of (seed,
+  epoch) drawn from the seed's "data" stream, so different seeds never share an epoch's order."""
+  from pca_jax import rng
+  return rng.host_rng(seed, "data", epoch).permutation(num_examples)
+
+
+def random_resized_crop_host(image: np.ndarray, size: int, generator: np.random.Generator,
+                             scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+  """torchvision's RandomResizedCrop of a decoded image: a box drawn on the WHOLE image at its own
+  resolution, cropped, then resized to size x size (bilinear, antialiased like PIL's resize)."""
+  from pca_jax.augment import sample_rrc_box_host
+  h, w = image.shape[:2]
+  top, left, bh, bw = sample_rrc_box_host(generator, h, w, scale, ratio)
+  crop = image[top:top + bh, left:left + bw]
+  if crop.shape[:2] == (size, size):
+    return crop
+  return np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR, reducing_gap=None))
+
+
 def train_batches(source: Any, global_batch: int, image_size: int, seed: int, num_epochs: int,
                   start_step: int = 0, num_threads: int = 8, num_workers: int = 0,
+                  crop: tuple[tuple[float, float], tuple[float, float]] | None = None,
                   process_index: int | None = None,
                   process_count: int | None = None) -> grain.IterDataset:
-  """Shuffled training batches {"image" uint8 [b,S,S,3], "label" [b]} for this process.
+  """Shuffled training batches {"image" uint8 [b,S,S,3], "label" [b], "index" [b]} for this process.
 
-  Each epoch is a fresh permutation (Grain shuffle of the repeated index dataset, seeded); global
-  batches of `global_batch` indices are cut from the epoch stream, and process p loads the p-th
-  slice of each. Starts at `start_step` (resume) without reading the skipped batches.
+  Epoch e visits `epoch_order(N, seed, e)`; global batches of `global_batch` indices are cut from
+  it (the tail of an epoch is dropped) and process p loads the p-th slice of each. crop=None: each
+  image is resized + centre-cropped to S (the device then augments); crop=(scale, ratio): a
+  random-resized crop of the decoded image, drawn from the seed's "augment" stream at (step,
+  position in the global batch), so it is deterministic and independent of the process count.
+  Starts at `start_step` (resume) without reading the skipped batches.
   """
+  from pca_jax import rng
   pi, pc = _process(process_index, process_count)
   if global_batch % pc:
     raise ValueError(f"batch_size={global_batch} is not divisible by {pc} processes")
   local = global_batch // pc
   n = len(source)
   per_epoch = train_steps_per_epoch(n, global_batch)
-  # Shuffle within each epoch, then cut whole batches per epoch (the tail of an epoch is dropped).
-  order = grain.MapDataset.range(n).shuffle(seed=seed).repeat(num_epochs)
   total = per_epoch * num_epochs
   if not 0 <= start_step <= total:
     raise ValueError(f"start_step {start_step} outside [0, {total}]")
+  cache: dict[str, tuple[int, np.ndarray]] = {}  # the current epoch's order, one slot
+
+  def order_of(epoch: int) -> np.ndarray:
+    held = cache.get("order")  # reader threads may each compute an epoch once: same result
+    if held is None or held[0] != epoch:
+      held = (epoch, epoch_order(n, seed, epoch))
+      cache["order"] = held
+    return held[1]
 
   def load(step: int) -> dict:
     epoch, j = divmod(step, per_epoch)
-    base = epoch * n + j * global_batch + pi * local
-    idx = [order[base + k] for k in range(local)]
+    first = j * global_batch + pi * local
+    idx = order_of(epoch)[first:first + local]
     images, labels = [], []
-    for i in idx:
+    for k, i in enumerate(idx):
       img, label = source[int(i)]
-      images.append(fit_image(img, image_size))
+      if crop is None:
+        images.append(fit_image(img, image_size))
+      else:
+        gen = rng.host_rng(seed, "augment", step, pi * local + k)
+        images.append(random_resized_crop_host(img, image_size, gen, crop[0], crop[1]))
       labels.append(label)
     return {"image": np.stack(images), "label": np.asarray(labels, np.int32),
             "index": np.asarray(idx, np.int64)}

@@ -182,6 +182,10 @@ class _Block(nn.Module):
   conv: ModuleDef
   norm: ModuleDef
   strides: tuple[int, int] = (1, 1)
+  zero_init_last: bool = False   # the last BatchNorm scale starts at 0 (block = identity at init)
+
+  def last_norm(self):
+    return self.norm(scale_init=nn.initializers.zeros_init()) if self.zero_init_last else self.norm()
 
 
 class ResNetBlock(_Block):
@@ -195,7 +199,7 @@ class ResNetBlock(_Block):
     y = self.norm()(y)
     y = materialize(nn.relu(y))
     y = self.conv(self.filters, (3, 3))(y)
-    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
+    y = self.last_norm()(y)
     if residual.shape != y.shape:
       residual = self.conv(self.filters, (1, 1), self.strides, name="conv_proj")(residual)
       residual = self.norm(name="norm_proj")(residual)
@@ -216,15 +220,31 @@ class BottleneckResNetBlock(_Block):
     y = self.norm()(y)
     y = materialize(nn.relu(y))
     y = self.conv(self.filters * 4, (1, 1))(y)
-    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
+    y = self.last_norm()(y)
     if residual.shape != y.shape:
       residual = self.conv(self.filters * 4, (1, 1), self.strides, name="conv_proj")(residual)
       residual = self.norm(name="norm_proj")(residual)
     return nn.relu(residual + y)
 
 
+# torchvision's ResNet initialisation: convolutions kaiming_normal_(mode="fan_out",
+# nonlinearity="relu"), i.e. N(0, 2 / (kh * kw * out_channels)); BatchNorm scale 1, bias 0; the
+# final nn.Linear keeps PyTorch's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+TORCH_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+TORCH_LINEAR_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_linear_bias_init(fan_in: int) -> Callable:
+  """PyTorch's nn.Linear bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / max(fan_in, 1) ** 0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
 class ResNet(nn.Module):
-  """ResNet v1.5 (stride on the 3x3 conv), torchvision parameter layout.
+  """ResNet v1.5 (stride on the 3x3 conv), torchvision parameter layout and initialisation.
 
   Input: images [B, H, W, C] float (already normalised). Output: logits [B, num_classes] float32.
   """
@@ -236,12 +256,14 @@ class ResNet(nn.Module):
   stem: str = "imagenet"
   dtype: Any = jnp.float32
   act: Callable = nn.relu
+  zero_init_residual: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     if self.stem not in ("imagenet", "small"):
       raise ValueError(f"unknown stem {self.stem!r}; use 'imagenet' or 'small'")
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding="SAME")
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding="SAME",
+                             kernel_init=TORCH_CONV_INIT)
     norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
     x = jnp.asarray(x, self.dtype)
@@ -257,9 +279,11 @@ class ResNet(nn.Module):
     for i, block_size in enumerate(self.stage_sizes):
       for j in range(block_size):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)
-        x = self.block_cls(self.width * 2**i, strides=strides, conv=conv, norm=norm)(x)
+        x = self.block_cls(self.width * 2**i, strides=strides, conv=conv, norm=norm,
+                           zero_init_last=self.zero_init_residual)(x)
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head", kernel_init=TORCH_LINEAR_INIT,
+                 bias_init=torch_linear_bias_init(x.shape[-1]))(x)
     return jnp.asarray(x, jnp.float32)
 
 
@@ -273,7 +297,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 def create_model(name: str, num_classes: int, width: int = 64, stem: str = "imagenet",
-                 dtype: str = "float32") -> ResNet:
+                 dtype: str = "float32", zero_init_residual: bool = False) -> ResNet:
   """Builds a model by name, with a clear error for unknown names/dtypes."""
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
@@ -283,4 +307,11 @@ def create_model(name: str, num_classes: int, width: int = 64, stem: str = "imag
     raise ValueError(f"unknown stem {stem!r}; use 'imagenet' (224px) or 'small' (<=64px)")
   if width < 1:
     raise ValueError(f"model width must be >= 1, got {width}")
-  return MODELS[name](num_classes=num_classes, width=width, stem=stem, dtype=DTYPES[dtype])
+  return MODELS[name](num_classes=num_classes, width=width, stem=stem, dtype=DTYPES[dtype],
+                      zero_init_residual=zero_init_residual)
+
+
+def model_from_config(model_config: Any, num_classes: int) -> ResNet:
+  """create_model from a config's `model` block (name, width, stem, dtype, zero_init_residual)."""
+  return create_model(model_config.name, num_classes, model_config.width, model_config.stem,
+                      model_config.dtype, model_config.get("zero_init_residual", False))

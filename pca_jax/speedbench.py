@@ -1,10 +1,10 @@
 """Speed and memory benchmarks (not tests). Prints a table and writes bench.json.
 
-  python -m pca_jax.bench                                   # train step, scoring, augmentation
-  python -m pca_jax.bench --what=train,score --size=112 --batch=64 --width=64
-  python -m pca_jax.bench --what=pipeline --n_images=2000   # Grain ImageFolder decode + resize
-  python -m pca_jax.bench --what=scoring_memory --n_images=50000 --size=64   # peak host RSS
-  python -m pca_jax.bench --what=torch,train --rounds=6 --steps=5   # JAX vs PyTorch, paired
+  python -m pca_jax.speedbench                                   # train step, scoring, augmentation
+  python -m pca_jax.speedbench --what=train,score --size=112 --batch=64 --width=64
+  python -m pca_jax.speedbench --what=pipeline --n_images=2000   # Grain ImageFolder decode + resize
+  python -m pca_jax.speedbench --what=scoring_memory --n_images=50000 --size=64   # peak host RSS
+  python -m pca_jax.speedbench --what=torch,train --rounds=6 --steps=5   # JAX vs PyTorch, paired
 
 Every timing warms up first (compilation excluded), times >= --steps steps with
 block_until_ready, and reports the median and the spread (min..max) of img/s over the steps.
@@ -97,39 +97,50 @@ def paired_rates(fn_ref, fn_new, n_per_step: int, steps: int, rounds: int, warmu
           "ratio_max": max(ratios)}
 
 
+def _train_config():
+  from pca_jax.config import default_train_config
+  cfg = default_train_config()
+  cfg.update(dict(epochs=10, batch_size=FLAGS.batch, crop="patch", grid=(2, 2),
+                  image_size=FLAGS.size))
+  return cfg
+
+
 def _model_and_state(num_classes=1000):
   import jax
-  import ml_collections
-  from pca_jax import train
   from pca_jax.models.resnet import create_model
+  from pca_jax.training import steps
   stem = FLAGS.stem or ("small" if FLAGS.size < 64 else "imagenet")
   model = create_model(FLAGS.model, num_classes, FLAGS.width, stem, FLAGS.dtype)
-  cfg = train.default_train_config()
-  cfg.update(dict(epochs=10, batch_size=FLAGS.batch))
-  tx, _ = train.make_optimizer(cfg, 100)
-  state = train.create_train_state(model, tx, jax.random.key(0), (FLAGS.size, FLAGS.size, 3))
+  tx, _ = steps.make_optimizer(_train_config(), 100)
+  state = steps.create_train_state(model, tx, jax.random.key(0), (FLAGS.size, FLAGS.size, 3))
   return model, state, stem
 
 
 def _train_step_fn():
-  """(step callable, stem): the train step on an in-memory set with on-device patch crops."""
-  import jax
+  """(step callable, stem): the train step on an in-memory set with on-device patch crops, the
+  trainer's own feed and step (pca_jax.training)."""
   import numpy as np
-  from pca_jax import augment, parallel, train
+  from pca_jax import augment, parallel, rng
+  from pca_jax.training import steps
+  from pca_jax.training.feeds import InMemoryData, MemoryFeed
   mesh = parallel.make_mesh()
   _, state, stem = _model_and_state()
   state = parallel.replicate(state, mesh)
   m = max(FLAGS.batch * 4, 256)
-  images = parallel.replicate(np.random.default_rng(0).integers(
-      0, 256, (m, FLAGS.size, FLAGS.size, 3), dtype=np.uint8), mesh)
-  labels = parallel.replicate(np.arange(m, dtype=np.int32) % 1000, mesh)
+  data = InMemoryData(np.random.default_rng(0).integers(0, 256, (m, FLAGS.size, FLAGS.size, 3),
+                                                        dtype=np.uint8),
+                      np.arange(m, dtype=np.int32) % 1000, 1000)
+  cfg = _train_config()
+  feed = MemoryFeed(data, cfg, mesh)
+  feed.open(0)
   aug = augment.make_train_augment("patch", (FLAGS.size, FLAGS.size), (2, 2))
-  step = train.make_memory_train_step(aug, train.LossSpec(1000), 0, m, FLAGS.batch,
-                                      m // FLAGS.batch, mesh)
-  box = {"state": state}
+  step = steps.make_train_step(aug, steps.LossSpec(1000), rng.stream_key(0, "augment"), mesh,
+                               feed.gather)
+  box = {"state": state, "step": 0}
 
   def one():
-    box["state"], metrics = step(box["state"], images, labels)
+    box["state"], metrics = step(box["state"], feed.args(box["step"]))
+    box["step"] += 1
     return metrics["loss"]
   return one, stem
 

@@ -14,7 +14,7 @@ from tests.test_main import ROOT
 def test_bench_smoke(tmp_path):
   out = tmp_path / "bench.json"
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  r = subprocess.run([sys.executable, "-m", "pca_jax.bench", "--what=train,score,augment",
+  r = subprocess.run([sys.executable, "-m", "pca_jax.speedbench", "--what=train,score,augment",
                       "--model=resnet10", "--width=4", "--size=8", "--batch=16", "--steps=2",
                       "--warmup=0", f"--out={out}"], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=300)
@@ -33,7 +33,7 @@ def test_bench_smoke(tmp_path):
 
 
 def test_paired_rates_alternates_and_takes_per_round_ratios():
-  from pca_jax import bench
+  from pca_jax import speedbench as bench
   calls = []
 
   def make(name, seconds):
@@ -56,7 +56,7 @@ def test_paired_rates_alternates_and_takes_per_round_ratios():
 
 def test_rounds_needs_torch_and_train(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT)
-  r = subprocess.run([sys.executable, "-m", "pca_jax.bench", "--what=train", "--rounds=3",
+  r = subprocess.run([sys.executable, "-m", "pca_jax.speedbench", "--what=train", "--rounds=3",
                       f"--out={tmp_path / 'b.json'}"], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=120)
   assert r.returncode != 0 and "needs --what to include both torch and train" in r.stderr

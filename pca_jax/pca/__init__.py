@@ -1,0 +1,42 @@
+"""PCA (Prune, Combine, Augment) as stages of one run directory.
+
+  score    K models a few epochs on the FULL train set, per-example difficulty   (pca/score.py)
+  select   class-balanced, ipc * grid cells per class, easiest first            (pca/stages.py)
+  combine  whole selected images into grid mosaics
+  store    the compressed dataset (images, labels, manifest, preview)
+  train    a fresh model on the compressed set, patch-constrained crops
+  eval     top-1/top-5 of the final params on the real test/val split
+  report   results.json, results.md                                             (pca/report.py)
+
+STAGES declares, for the stage runner (pca_jax.runner), what each stage depends on and writes.
+"""
+
+from __future__ import annotations
+
+from pca_jax.pca import report, score, stages
+from pca_jax.runner import Stage
+
+# The data fields that decide which training / evaluation images a stage sees.
+TRAIN_DATA = ("data.source", "data.tfds_name", "data.data_dir", "data.train_split",
+              "data.image_size", "data.demo_image_size", "data.skip_corrupt")
+EVAL_DATA = ("data.source", "data.tfds_name", "data.data_dir", "data.eval_split",
+             "data.eval_crop_fraction", "data.demo_image_size")
+
+STAGES = (
+    Stage("score", score.stage_score,
+          fields=("seed", *TRAIN_DATA, "data.eval_crop_fraction", "model", "score"),
+          owns=score.OUTPUTS, derived=score.precomputed_digest),
+    Stage("select", stages.stage_select, fields=("seed", *TRAIN_DATA, "select", "combine.grid"),
+          needs=lambda config: () if config.select.mode == "random" else ("score",),
+          owns=("selected.npy",), check=stages.check_budget),
+    Stage("combine", stages.stage_combine, fields=(*TRAIN_DATA, "combine"), needs=("select",),
+          owns=("combine",)),
+    Stage("store", stages.stage_store, fields=("method",), needs=("combine",),
+          owns=("compressed",)),
+    Stage("train", stages.stage_train,
+          fields=("seed", "model", "train", "combine.grid", "data.image_size"), needs=("store",),
+          owns=("train", "train.json")),
+    Stage("eval", stages.stage_eval, fields=EVAL_DATA, needs=("train",), owns=("eval.json",)),
+    Stage("report", report.stage_report, fields=("method",), uses=report.REPORTED,
+          owns=("results.json", "results.md")),
+)

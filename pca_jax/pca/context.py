@@ -1,0 +1,62 @@
+"""The context every stage runs in: the config, the run directory, and the datasets (opened once)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+import ml_collections
+
+
+def log_main(msg: str) -> None:
+  """Prints from process 0 only."""
+  import jax
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+class Run:
+  """A run directory with its config and lazily opened train / eval sources."""
+
+  def __init__(self, config: Any, workdir: str | Path, log: Callable[[str], None] = log_main):
+    self.config, self.workdir, self.log = config, Path(workdir), log
+    self._train_source = self._eval_source = None
+
+  @property
+  def train_source(self):
+    if self._train_source is None:
+      from pca_jax.data.sources import load_source
+      self._train_source = load_source(self.config.data, self.config.data.train_split)
+      skipped = getattr(self._train_source, "skipped", [])
+      if skipped:
+        self.log(f"[data] skipped {len(skipped)} unreadable files (first: {skipped[0]})")
+    return self._train_source
+
+  @property
+  def eval_source(self):
+    if self._eval_source is None:
+      from pca_jax.data.sources import load_source
+      self._eval_source = load_source(self.config.data, self.config.data.eval_split)
+    return self._eval_source
+
+  def path(self, *parts) -> Path:
+    return self.workdir.joinpath(*parts)
+
+  def require(self, name: str, stage: str) -> Path:
+    p = self.path(name)
+    if not p.exists():
+      raise ValueError(f"{p} is missing; run the {stage} stage first (add it to --config.stages)")
+    return p
+
+  def trainer_config(self, train_cfg: Any, seed: int) -> ml_collections.ConfigDict:
+    """The config `training.train` takes: this run's model and data, `train_cfg` with its seed
+    (derive it with pca_jax.rng.derive_seed: one per model) and the stored image size."""
+    c = ml_collections.ConfigDict()
+    c.model = copy.deepcopy(self.config.model)
+    c.data = copy.deepcopy(self.config.data)
+    c.train = copy.deepcopy(train_cfg)
+    c.train.seed = int(seed)
+    c.train.image_size = self.config.data.image_size
+    c.train.num_threads = self.config.data.num_threads
+    return c

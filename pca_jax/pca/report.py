@@ -1,0 +1,96 @@
+"""The report stage: results.json and results.md from the current outputs of the other stages.
+
+Only stages whose outputs are current for this config (the runner's `uses`) are reported, so a
+number is never shown under the name of a set it was not measured on.
+"""
+
+from __future__ import annotations
+
+import json
+
+PAPER_IMAGENET = {  # ResNet-18, hard labels, top-1 % (REFERENCE.md)
+    10: {"random": 4.6, "el2n": 12.2, "pca": 22.8},
+    50: {"random": 20.6, "el2n": 31.1, "pca": 39.1},
+    100: {"random": 31.7, "el2n": 38.7, "pca": 45.5},
+}
+REPORTED = ("score", "select", "combine", "store", "train", "eval")
+CROP_NAMES = {"patch": "patch-constrained crops (a random-resized crop inside one mosaic cell)",
+              "rrc": "random-resized crops of the whole stored image", "none": "no crops"}
+
+
+def _fmt(v, spec="{:.2f}"):
+  return "n/a" if v is None else spec.format(v)
+
+
+def _prune_line(cfg, summaries) -> str:
+  if cfg.select.mode == "random":
+    return "Prune: class-balanced random selection (no scores)."
+  if "score" not in summaries:
+    return f"Prune: {cfg.select.mode} {cfg.score.kind} from a score stage that is not current."
+  if summaries["score"].get("precomputed"):
+    return f"Prune: {cfg.select.mode} {cfg.score.kind}, precomputed ({cfg.score.scores_path})."
+  return (f"Prune: {cfg.select.mode} {cfg.score.kind}, mean of {cfg.score.num_models} models "
+          f"trained {cfg.score.train.epochs} epochs on the full train set.")
+
+
+def stage_report(run, stage) -> dict:
+  from pca_jax.data.atomic import save_json, save_text
+
+  cfg = run.config
+  summaries = {s: stage.upstream[s]["summary"] for s in REPORTED if s in stage.upstream}
+  walls = {s: round(stage.upstream[s]["wall_s"], 1) for s in REPORTED if s in stage.upstream}
+  store, tr, ev = summaries.get("store", {}), summaries.get("train", {}), summaries.get("eval", {})
+  manifest = {}
+  if store:
+    manifest = json.loads(run.path("compressed", "manifest.json").read_text())
+  grid = f"{cfg.combine.grid[0]}x{cfg.combine.grid[1]}"
+  label_mode = cfg.train.label_mode
+  results = {
+      "method": cfg.method, "dataset": manifest.get("source", {}).get("name", cfg.data.source),
+      "ipc": cfg.select.ipc, "grid": list(cfg.combine.grid), "selection": cfg.select.mode,
+      "score": cfg.score.kind if cfg.select.mode != "random" else None,
+      "model": cfg.model.name, "width": cfg.model.width,
+      "labels": label_mode, "crop": cfg.train.crop, "resolution": cfg.train.resolution,
+      "top1": ev.get("eval_top1"), "top5": ev.get("eval_top5"), "test_images": ev.get("eval_count"),
+      "stored_images": manifest.get("num_images"), "image_shape": manifest.get("image_shape"),
+      "bytes_images": manifest.get("bytes", {}).get("images"),
+      "bytes_labels": manifest.get("bytes", {}).get("labels"),
+      "train_epochs": cfg.train.epochs if tr else None, "train_steps": tr.get("steps"),
+      "train_loss": tr.get("train_loss"), "train_img_per_s": tr.get("train_img_per_s"),
+      "wall_s": walls, "stages_reported": sorted(summaries),
+  }
+  save_json(run.path("results.json"), results)
+  selection = f"{cfg.select.mode} {results['score'] or ''}".strip()
+  lines = [
+      f"# PCA results: {results['dataset']}", "",
+      "| method | IPC | grid | selection | labels | top-1 % | top-5 % | stored images | image bytes "
+      "| label bytes |", "|---|---|---|---|---|---|---|---|---|---|",
+      f"| {cfg.method} | {cfg.select.ipc} | {grid} | {selection} | {label_mode} | "
+      f"{_fmt(results['top1'])} | {_fmt(results['top5'])} | "
+      f"{_fmt(results['stored_images'], '{}')} | {_fmt(results['bytes_images'], '{:,}')} | "
+      f"{_fmt(results['bytes_labels'], '{:,}')} |", "",
+      _prune_line(cfg, summaries)]
+  if tr:
+    lines.append(
+        f"Student: {cfg.model.name} (width {cfg.model.width}, {cfg.model.stem} stem), "
+        f"{cfg.train.epochs} epochs ({tr['steps']} steps), {cfg.train.optimizer} lr {cfg.train.lr}, "
+        f"batch {cfg.train.batch_size}, {label_mode} labels, "
+        f"{CROP_NAMES.get(cfg.train.crop, cfg.train.crop)} (scale {tuple(cfg.train.crop_scale)}), "
+        f"{cfg.train.resolution} resolution; final train loss {_fmt(tr.get('train_loss'), '{:.4f}')}.")
+  if ev:
+    lines.append(f"Evaluated on {ev['eval_count']} images of the {cfg.data.eval_split} split.")
+  missing = [s for s in REPORTED if s not in summaries]
+  if missing:
+    lines.append(f"Not reported (not run, or made under another config): {', '.join(missing)}.")
+  lines += ["", "| stage | wall time (s) |", "|---|---|",
+            *[f"| {s} | {t} |" for s, t in walls.items()], "",
+            "Files: scores.npy, score_hist.png, selected.npy, compressed/ (images.npy, labels.npy, "
+            "manifest.json, preview.png), train/metrics.jsonl, train.json, eval.json."]
+  if cfg.data.source == "tfds" and cfg.data.tfds_name == "imagenet2012" and \
+      cfg.select.ipc in PAPER_IMAGENET:
+    p = PAPER_IMAGENET[cfg.select.ipc]
+    lines += ["", f"Paper (ImageNet-1K, ResNet-18, hard labels) at IPC {cfg.select.ipc}: random "
+              f"{p['random']} / EL2N {p['el2n']} / PCA {p['pca']} top-1 %."]
+  save_text(run.path("results.md"), "\n".join(lines) + "\n")
+  run.log(f"[report] {run.path('results.md')}")
+  return {"top1": results["top1"], "stored_images": results["stored_images"]}

@@ -1,0 +1,178 @@
+"""The score stage: K models trained briefly on the FULL train set, then per-example difficulty.
+
+Writes labels.npy, scores_<name>.npy for every forward score of pca_jax.scoring.SCORES (mean over
+the K models) and score/<name>_per_model.npy, scores.npy (the selection score, score.kind),
+scores_forgetting.npy with score.forgetting, and score_hist.png. Each model k has its own seed
+derive_seed(seed, "score_model", k): its own initialisation, data order and augmentation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from pca_jax import rng, scoring
+
+OUTPUTS = ("labels.npy", "scores.npy", "score", "score_hist.png",
+           *(f"scores_{name}.npy" for name in scoring.SCORES))
+
+
+def precomputed_digest(config) -> dict:
+  """The content hash of score.scores_path (its file may change under the same name)."""
+  path = config.score.scores_path
+  if not path or not Path(path).is_file():
+    return {}
+  return {"scores_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}
+
+
+def load_scores(path: str, n: int) -> np.ndarray:
+  """A user's precomputed [n] scores (.npy), checked for shape and NaN/inf."""
+  p = Path(path)
+  if not p.is_file():
+    raise ValueError(f"score.scores_path {path} does not exist; pass a .npy file of {n} scores")
+  try:
+    scores = np.load(p, allow_pickle=False)
+  except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+    raise ValueError(f"score.scores_path {path} is not a readable .npy file ({e})") from None
+  scores = np.asarray(scores, np.float64).reshape(-1) if scores.ndim <= 1 else scores
+  if scores.shape != (n,):
+    raise ValueError(f"score.scores_path {path} has shape {scores.shape} but the train split has "
+                     f"{n} examples; pass one score per example in source order")
+  bad = ~np.isfinite(scores)
+  if bad.any():
+    raise ValueError(f"score.scores_path {path} contains {int(bad.sum())} NaN/inf values (first at "
+                     f"index {int(np.flatnonzero(bad)[0])}); clean or recompute the scores")
+  return scores.astype(np.float32)
+
+
+def score_histogram(path: Path, scores: np.ndarray, labels: np.ndarray, title: str) -> None:
+  """A PNG with one histogram panel per group of classes (<= 10 groups)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from pca_jax.data.atomic import write_file
+
+  num_classes = int(labels.max()) + 1
+  groups = np.array_split(np.arange(num_classes), min(10, num_classes))
+  fig, axes = plt.subplots(2, 5, figsize=(15, 5.5), sharex=True)
+  bins = np.linspace(float(scores.min()), float(scores.max()) + 1e-6, 30)
+  for ax, g in zip(axes.flat, groups):
+    ax.hist(scores[np.isin(labels, g)], bins=bins, color="tab:blue")
+    ax.set_title(f"class {g[0]}" if len(g) == 1 else f"classes {g[0]}-{g[-1]}", fontsize=9)
+  for ax in list(axes.flat)[len(groups):]:
+    ax.axis("off")
+  fig.suptitle(f"per-example score: {title} (lower = easier)")
+  fig.tight_layout()
+  write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+  plt.close(fig)
+
+
+def _score_all(run, variables, names, desc) -> dict:
+  """Every train example through each model's eval-mode forward pass: {name: [K, N]}."""
+  from pca_jax import augment, parallel
+  from pca_jax.data import pipeline
+  from pca_jax.models.resnet import model_from_config
+  from pca_jax.training.metrics import Progress
+  cfg, src = run.config, run.train_source
+  n = len(src.labels)
+  model = model_from_config(cfg.model, src.num_classes)
+  mesh = parallel.make_mesh()
+  local = parallel.check_batch_size(cfg.score.batch_size, mesh, "score.batch_size")
+  batches = pipeline.ordered_batches(src, local, cfg.data.image_size, cfg.data.eval_crop_fraction,
+                                     num_threads=cfg.data.num_threads,
+                                     num_workers=cfg.data.num_workers)
+  progress = Progress(n, 0, desc)
+  done = [0]
+
+  def on_batch(count):
+    done[0] += count
+    progress.update(done[0], count, {}, done[0] == n)
+  try:
+    return scoring.score_dataset(lambda v, x: model.apply(v, augment.normalize(x), train=False),
+                                 variables, batches, num_examples=n, scores=names, mesh=mesh,
+                                 progress=on_batch)
+  finally:
+    progress.close()
+
+
+def _train_model(run, stage, k: int) -> tuple[dict, dict, np.ndarray | None]:
+  """Trains scoring model k: (variables, {train_loss, train_acc}, forgetting counts or None).
+
+  With score.forgetting the model trains epoch by epoch (each call resumes from the last
+  checkpoint) and after every epoch records which examples it classifies correctly.
+  """
+  import jax
+  from pca_jax.data import pipeline
+  from pca_jax.data.atomic import save_npy
+  from pca_jax.training import train, variables_of
+  cfg, src = run.config, run.train_source
+  k_models = cfg.score.num_models
+  mc = run.trainer_config(cfg.score.train, rng.derive_seed(cfg.seed, "score_model", k))
+  wd = run.path("score", f"model_{k}")
+  desc = f"score model {k + 1}/{k_models}"
+  fp = f"{stage.fingerprint}:model{k}"
+  forgetting = None
+  if cfg.score.forgetting:
+    per_epoch = pipeline.train_steps_per_epoch(len(src.labels), cfg.score.train.batch_size)
+    history = []
+    for e in range(1, cfg.score.train.epochs + 1):
+      f = wd / f"correct_epoch{e}.npy"
+      if f.exists():
+        history.append(np.load(f))
+        continue
+      mc.train.max_steps = e * per_epoch
+      state, _ = train(mc, wd, src, None, desc=f"{desc} epoch {e}", log=run.log, fingerprint=fp)
+      corr = _score_all(run, [jax.device_get(variables_of(state))], ("correct",),
+                        f"correctness after epoch {e}")["correct"][0] > 0.5
+      save_npy(f, corr)
+      history.append(corr)
+    forgetting = scoring.forgetting_counts(np.stack(history))
+    mc.train.max_steps = 0
+  state, m = train(mc, wd, src, None, desc=desc, log=run.log, fingerprint=fp)
+  return (jax.device_get(variables_of(state)),
+          {"train_loss": m["train_loss"], "train_acc": m["train_acc"]}, forgetting)
+
+
+def stage_score(run, stage) -> dict:
+  import jax
+  from pca_jax.data.atomic import save_npy
+
+  cfg, src = run.config, run.train_source
+  labels = src.labels
+  n = len(labels)
+  save_npy(run.path("labels.npy"), labels)
+  info = {"num_examples": n, "num_classes": src.num_classes}
+  if cfg.score.scores_path:
+    scores = load_scores(cfg.score.scores_path, n)
+    save_npy(run.path("scores.npy"), scores)
+    run.log(f"[score] using precomputed scores from {cfg.score.scores_path} ({n} examples)")
+    score_histogram(run.path("score_hist.png"), scores, labels, f"{cfg.score.kind} (precomputed)")
+    return {**info, "precomputed": cfg.score.scores_path}
+
+  variables, train_metrics, forgetting = [], [], []
+  for k in range(cfg.score.num_models):
+    v, m, f = _train_model(run, stage, k)
+    variables.append(v)
+    train_metrics.append(m)
+    if f is not None:
+      forgetting.append(f)
+  names = scoring.SELECTION_SCORES
+  result = _score_all(run, variables, names, f"score {n} examples x {len(variables)} models")
+  if not result["seen"].all():
+    raise ValueError(f"{int((~result['seen']).sum())} examples were not scored; the pipeline "
+                     "dropped data")
+  if jax.process_index() == 0:
+    for name in names:
+      save_npy(run.path("score", f"{name}_per_model.npy"), result[name])
+      save_npy(run.path(f"scores_{name}.npy"), result[name].mean(axis=0))
+    scores = result[cfg.score.kind].mean(axis=0)
+    save_npy(run.path("scores.npy"), scores)
+    if forgetting:
+      save_npy(run.path("score", "forgetting_per_model.npy"), np.stack(forgetting))
+      save_npy(run.path("scores_forgetting.npy"), np.mean(forgetting, axis=0))
+    score_histogram(run.path("score_hist.png"), scores, labels,
+                    f"{cfg.score.kind}, mean of {len(variables)} models")
+  corr = float(np.corrcoef(result["el2n"].mean(0), result["entropy"].mean(0))[0, 1])
+  return {**info, "models": train_metrics, "el2n_entropy_corr": corr}

@@ -1,0 +1,294 @@
+"""The stage runner: fingerprints, skip / resume / rerun, invalidation, and the run-directory lock.
+
+A run directory holds the outputs of stages. Each stage declares
+  * fields:  the config fields its output depends on (dotted paths; groups expand to their leaves),
+  * needs:   the stages whose outputs it reads (their output ids enter its fingerprint),
+  * uses:    stages it reads only when their output exists and is current (the report),
+  * owns:    the paths it writes, relative to the run directory.
+Its fingerprint hashes those field values and the ids of the outputs it reads; the marker
+stages/<name>.json records the fingerprint, a fresh id per finished execution, the field values
+and the stage's summary. On a run:
+  * done and the fingerprint unchanged: skipped;
+  * started under the same fingerprint but not finished (killed, preempted): resumed, its outputs
+    kept (checkpoints carry the same fingerprint, see training.checkpoint);
+  * otherwise, or with force: everything it owns is removed first, and so is everything owned by
+    the stages that read it, directly or not (their markers too); then it runs.
+Because a finished stage gets a new id, every stage that reads it has a new fingerprint and reruns
+the same way. A stage whose inputs are missing or were made under another config is refused before
+anything runs, naming the fields that changed.
+
+The runner knows no stage: the CLI composes the list of Stage declarations and hands it over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pca_jax.config import changed_fields, config_values, fingerprint
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """A declaration: what a stage reads, writes and depends on, and the function that runs it."""
+  name: str
+  run: Callable[[Any, "StageRun"], dict]    # (context, StageRun) -> JSON-able summary
+  fields: tuple[str, ...] = ()
+  needs: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ()
+  uses: tuple[str, ...] = ()
+  owns: tuple[str, ...] = ()
+  derived: Callable[[Any], dict] | None = None   # values computed from the config that matter
+  check: Callable[[Any], None] | None = None     # up-front validation, before any stage runs
+  active: Callable[[Any], bool] | None = None    # False: this config does not use the stage
+
+  def needed(self, config) -> tuple[str, ...]:
+    return tuple(self.needs(config) if callable(self.needs) else self.needs)
+
+  def is_active(self, config) -> bool:
+    return self.active is None or bool(self.active(config))
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRun:
+  """What the runner hands a stage: its fingerprint, and the markers of the stages it reads."""
+  name: str
+  fingerprint: str
+  upstream: dict[str, dict]
+  resumed: bool = False
+
+
+class RunLock:
+  """One run at a time per run directory: an exclusive flock on <workdir>/run.lock, whose content
+  names the holder (pid, host, start time). The kernel drops the lock when the holder dies, so a
+  lock left by a dead process is simply taken over."""
+
+  def __init__(self, workdir: Path, log: Callable[[str], None] = print):
+    self.path = Path(workdir) / "run.lock"
+    self.log = log
+    self._fd: int | None = None
+
+  def acquire(self) -> "RunLock":
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = _read_fd(fd)
+      os.close(fd)
+      who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
+             if holder else "another process")
+      raise ValueError(f"run directory {self.path.parent} is in use by {who}; wait for that run "
+                       "to finish or choose another --workdir") from None
+    left = _read_fd(fd)
+    if left:  # a holder that ended cleanly empties the file: this one died
+      self.log(f"[run] took over the lock of pid {left.get('pid')} on {left.get('host')} "
+               f"(started {left.get('started')}, no longer running)")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode(), 0)
+    os.fsync(fd)
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is not None:
+      os.ftruncate(self._fd, 0)
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self) -> "RunLock":
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+def _read_fd(fd: int) -> dict:
+  try:
+    text = os.pread(fd, 4096, 0).decode()
+    return json.loads(text) if text.strip() else {}
+  except (OSError, ValueError):
+    return {"pid": "?", "host": "?", "started": "?"}
+
+
+class Runner:
+  """Runs the scheduled stages of one run directory (see the module docstring)."""
+
+  def __init__(self, stages: Sequence[Stage], config: Any, workdir: str | Path, context: Any,
+               log: Callable[[str], None] = print, is_writer: bool = True,
+               barrier: Callable[[str], None] | None = None):
+    self.stages = {s.name: s for s in stages}
+    self.order = [s.name for s in stages]
+    self.config, self.workdir, self.context, self.log = config, Path(workdir), context, log
+    self.is_writer = is_writer                # process 0 writes markers and removes outputs
+    self.barrier = barrier or (lambda tag: None)
+    self._current: dict[str, dict | None] = {}
+
+  # ------------------------------------------------------------------------------ markers
+  def marker_path(self, name: str) -> Path:
+    return self.workdir / "stages" / f"{name}.json"
+
+  def marker(self, name: str) -> dict | None:
+    try:
+      return json.loads(self.marker_path(name).read_text())
+    except (OSError, ValueError):
+      return None
+
+  def _write_marker(self, name: str, content: dict) -> None:
+    if self.is_writer:
+      from pca_jax.data.atomic import save_json
+      save_json(self.marker_path(name), content)
+
+  # ------------------------------------------------------------------------- fingerprints
+  def _fields(self, stage: Stage) -> dict:
+    values = config_values(self.config, stage.fields)
+    if stage.derived is not None:
+      values.update({f"derived.{k}": v for k, v in stage.derived(self.config).items()})
+    return values
+
+  def _upstream(self, stage: Stage) -> tuple[dict[str, dict], list[str]]:
+    """(markers of the current outputs it reads, names of needed stages that are not current)."""
+    found, missing = {}, []
+    for u in stage.needed(self.config):
+      m = self.current(u)
+      if m is None:
+        missing.append(u)
+      else:
+        found[u] = m
+    for u in stage.uses:
+      m = self.current(u)
+      if m is not None:
+        found[u] = m
+    return found, missing
+
+  def fingerprint(self, name: str) -> tuple[str, dict[str, dict], list[str]]:
+    """(fingerprint, upstream markers, missing needs) of a stage under the current config."""
+    stage = self.stages[name]
+    upstream, missing = self._upstream(stage)
+    fp = fingerprint(name, self._fields(stage), {u: m["id"] for u, m in sorted(upstream.items())})
+    return fp, upstream, missing
+
+  def current(self, name: str) -> dict | None:
+    """The stage's marker if it finished under the fingerprint the current config gives it."""
+    if name not in self._current:
+      m = self.marker(name)
+      ok = False
+      if m is not None and m.get("status") == "done":
+        fp, _, missing = self.fingerprint(name)
+        ok = not missing and m.get("fingerprint") == fp
+      self._current[name] = m if ok else None
+    return self._current[name]
+
+  def why_not_current(self, name: str) -> str:
+    m = self.marker(name)
+    if m is None or m.get("status") != "done":
+      return "which this run directory does not have"
+    changed = changed_fields(m.get("fields", {}), self._fields(self.stages[name]))
+    if changed:
+      shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+      return f"which was made under another config (changed: {shown})"
+    return "whose own inputs have changed since it was made"
+
+  # -------------------------------------------------------------------------- invalidation
+  def dependents(self, name: str) -> list[str]:
+    """Every stage that reads `name`'s output, directly or through others, in pipeline order."""
+    out: list[str] = []
+    frontier = [name]
+    while frontier:
+      n = frontier.pop()
+      for s in self.stages.values():
+        if s.name not in out and (n in s.needed(self.config) or n in s.uses):
+          out.append(s.name)
+          frontier.append(s.name)
+    return [s for s in self.order if s in out]
+
+  def remove(self, name: str) -> None:
+    """Deletes a stage's marker, then everything it owns."""
+    if not self.is_writer:
+      return
+    self.marker_path(name).unlink(missing_ok=True)
+    for rel in self.stages[name].owns:
+      path = self.workdir / rel
+      if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+      else:
+        path.unlink(missing_ok=True)
+
+  # ---------------------------------------------------------------------------------- run
+  def scheduled(self, names: Sequence[str]) -> list[str]:
+    """The asked-for stages that this config uses, in pipeline order (others are left alone:
+    e.g. the teacher while no method needs one keeps its model for later)."""
+    out = []
+    for name in self.order:
+      if name in set(names):
+        if self.stages[name].is_active(self.config):
+          out.append(name)
+        else:
+          self.log(f"[{name}] not used by this config; skipped, its outputs kept")
+    return out
+
+  def plan(self, names: Sequence[str]) -> None:
+    """Refuses (ValueError) a schedule whose stages need outputs that are missing or stale, then
+    runs every scheduled stage's up-front check; nothing is written."""
+    names = [n for n in names if self.stages[n].is_active(self.config)]
+    scheduled = set(names)
+    for name in names:
+      for u in self.stages[name].needed(self.config):
+        if u not in scheduled and self.current(u) is None:
+          raise ValueError(f"stage {name} needs the output of stage {u}, "
+                           f"{self.why_not_current(u)}; add {u} to --config.stages")
+    for name in names:
+      if self.stages[name].check is not None:
+        self.stages[name].check(self.context)
+
+  def run(self, names: Sequence[str], force: bool = False) -> dict[str, dict]:
+    """Runs the scheduled stages in pipeline order; returns {stage: summary}."""
+    names = self.scheduled(names)
+    self.plan(names)
+    summaries = {}
+    for name in names:
+      self._current.clear()
+      fp, upstream, missing = self.fingerprint(name)
+      if missing:  # plan() guarantees the needs; this is a bug guard
+        raise RuntimeError(f"stage {name}: upstream {missing} not available")
+      old = self.marker(name) or {}
+      if not force and old.get("status") == "done" and old.get("fingerprint") == fp:
+        self.log(f"[{name}] already done ({old.get('wall_s', 0):.1f}s); skipped "
+                 "(--config.force=True reruns)")
+        summaries[name] = old.get("summary", {})
+        continue
+      resumed = not force and old.get("status") == "running" and old.get("fingerprint") == fp
+      if resumed:
+        self.log(f"[{name}] resuming an unfinished run with the same config")
+      else:
+        if old.get("status") == "done":
+          changed = changed_fields(old.get("fields", {}), self._fields(self.stages[name]))
+          why = ("--config.force=True" if force else
+                 f"config changed ({', '.join(changed[:6])})" if changed else "its inputs were remade")
+          self.log(f"[{name}] rerunning: {why}; its old outputs are removed")
+        for stale in [name, *self.dependents(name)]:
+          self.remove(stale)
+        self.barrier(f"pca_jax_remove_{name}")
+        self._write_marker(name, {"stage": name, "status": "running", "fingerprint": fp,
+                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self.log(f"[{name}] running")
+      t0 = time.time()
+      summary = self.stages[name].run(self.context, StageRun(name, fp, upstream, resumed))
+      wall = time.time() - t0
+      self.barrier(f"pca_jax_{name}")
+      self._write_marker(name, {
+          "stage": name, "status": "done", "fingerprint": fp,
+          "id": fingerprint(fp, uuid.uuid4().hex), "fields": self._fields(self.stages[name]),
+          "upstream": {u: m["id"] for u, m in upstream.items()}, "wall_s": wall,
+          "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary})
+      self.log(f"[{name}] done in {wall:.1f}s")
+      summaries[name] = summary
+    return summaries

@@ -1,0 +1,184 @@
+"""The one training loop of pca_jax: scoring models, the teacher, PCA's student, benchmark cells.
+
+Data parallel over a ("data",) mesh: params replicated, batch sharded, one jit-compiled step
+(training.steps). Where the batches come from is the feed's business (training.feeds); this module
+composes model, optimizer, checkpoints, metrics, periodic evaluation and preemption around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+
+from pca_jax import augment, parallel, rng
+from pca_jax.config import config_values, fingerprint as config_fingerprint
+from pca_jax.models.resnet import model_from_config
+from pca_jax.training.checkpoint import Checkpointer
+from pca_jax.training.evaluate import evaluate, make_eval_step
+from pca_jax.training.feeds import InMemoryData, make_feed
+from pca_jax.training.metrics import MetricsLog, Progress, Throughput
+from pca_jax.training.steps import (LossSpec, create_train_state, make_optimizer, make_train_step,
+                                    variables_of)
+from pca_jax.training.views import view_sizes
+
+
+class Preempted(SystemExit):
+  """Raised after SIGTERM once a checkpoint has been written."""
+
+
+def data_digest(train_data: Any) -> str:
+  """A cheap identity of the training data for the default fingerprint: labels, size, and a
+  strided sample of the images (in-memory sets) or the source's name (full datasets)."""
+  labels = np.asarray(train_data.labels)
+  h = hashlib.sha256(labels.tobytes())
+  h.update(str((len(labels), train_data.num_classes)).encode())
+  if isinstance(train_data, InMemoryData):
+    images = np.asarray(train_data.images)
+    h.update(str(images.shape).encode())
+    h.update(np.ascontiguousarray(images[::max(1, len(images) // 64)]).tobytes())
+  else:
+    h.update(str(getattr(train_data, "name", type(train_data).__name__)).encode())
+  return h.hexdigest()[:16]
+
+
+def default_fingerprint(config: Any, train_data: Any) -> str:
+  """What a checkpoint of `train(config, ...)` depends on, when the caller gives no fingerprint:
+  the model and train blocks (minus max_steps, a stopping point of the same run) and the data."""
+  values = config_values(config, ("model", "train"))
+  values.pop("train.max_steps", None)
+  return config_fingerprint(values, data_digest(train_data))
+
+
+@contextlib.contextmanager
+def sigterm_flag() -> Iterator[dict]:
+  """{"signal": None | signum}, set by SIGTERM while the block runs (main thread, process 0)."""
+  flag = {"signal": None}
+  previous = None
+  if jax.process_index() == 0 and threading.current_thread() is threading.main_thread():
+    def on_term(signum, frame):
+      flag["signal"] = signum
+    previous = signal.signal(signal.SIGTERM, on_term)
+  try:
+    yield flag
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def loss_spec(cfg: Any, num_classes: int, teacher) -> LossSpec:
+  if cfg.label_mode not in ("hard", "soft"):
+    raise ValueError(f"unknown train.label_mode {cfg.label_mode!r}; use hard or soft")
+  if cfg.label_mode == "soft" and teacher is None:
+    raise ValueError("train.label_mode='soft' needs a teacher (the benchmark's teacher stage)")
+  soft = cfg.label_mode == "soft"
+  return LossSpec(num_classes, cfg.label_smoothing, teacher[0] if soft else None, cfg.temperature,
+                  cfg.cutmix_alpha if soft else 0.0, teacher_size=cfg.image_size)
+
+
+def train(config: Any, workdir: str | Path, train_data: Any, eval_data: Any = None, *,
+          desc: str = "train", final_eval: bool = True,
+          teacher: tuple[Callable, Any] | None = None, log: Callable[[str], None] = print,
+          fingerprint: str | None = None) -> tuple[Any, dict]:
+  """Trains config.model on train_data with config.train; returns (final state, metrics).
+
+  train_data: InMemoryData (a compressed set, on device) or a random-access source (Grain).
+  eval_data: a source for the real test/val split, evaluated every train.eval_every_epochs and,
+  if final_eval, at the end. workdir receives checkpoints/, fingerprint.json and metrics.jsonl.
+  A checkpoint there is resumed only if it was written under `fingerprint` (default: a hash of
+  config.model, config.train and the data); any other is deleted and training starts at step 0.
+  teacher: (apply_fn(variables, normalised views) -> logits, variables), required when
+  train.label_mode == "soft". Raises Preempted (a SystemExit) after SIGTERM once a checkpoint is
+  written. Metrics: steps, batch size, final train loss/acc, compile-free train_img_per_s
+  (evaluation and checkpoint time excluded), train_wall_s, and eval_* when evaluated.
+  """
+  cfg = config.train
+  mesh = parallel.make_mesh()
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  feed = make_feed(train_data, cfg, mesh)
+  total = feed.steps_per_epoch * cfg.epochs
+  if cfg.max_steps:
+    total = min(total, cfg.max_steps)
+  num_classes = train_data.num_classes
+  model = model_from_config(config.model, num_classes)
+  tx, schedule = make_optimizer(cfg, feed.steps_per_epoch)
+  view_size, eval_size, blur_size = view_sizes(cfg)
+  augment_fn = augment.make_train_augment(feed.device_crop, (view_size, view_size),
+                                          tuple(cfg.grid), tuple(cfg.crop_scale),
+                                          tuple(cfg.crop_ratio), cfg.flip)
+  spec = loss_spec(cfg, num_classes, teacher)
+  state = parallel.replicate(create_train_state(model, tx, rng.stream_key(cfg.seed, "init"),
+                                                (view_size, view_size, 3)), mesh)
+  ckpt = Checkpointer(workdir, fingerprint or default_fingerprint(config, train_data),
+                      cfg.keep_checkpoints, log, desc)
+  state, start = ckpt.restore(state, mesh)
+  if start:
+    log(f"[{desc}] resumed from checkpoint at step {start}/{total}")
+  history = MetricsLog(workdir / "metrics.jsonl", start)
+  teacher_vars = parallel.replicate(teacher[1], mesh) if spec.teacher_apply else None
+  step_fn = make_train_step(augment_fn, spec, rng.stream_key(cfg.seed, "augment"), mesh,
+                            feed.gather)
+  eval_step = make_eval_step(model.apply, eval_size, blur_size)
+
+  def run_eval():
+    return evaluate(variables_of(state), eval_data, model.apply, eval_size=eval_size,
+                    blur_size=blur_size, crop_fraction=config.data.get("eval_crop_fraction", 1.0),
+                    batch_size=cfg.eval_batch_size, num_threads=cfg.num_threads, mesh=mesh,
+                    eval_step=eval_step)
+
+  def log_eval(done, ev):
+    history.append({"step": done, "epoch": done / feed.steps_per_epoch,
+                    **{f"eval_{k}": v for k, v in ev.items()}})
+
+  eval_every = cfg.eval_every_epochs * feed.steps_per_epoch if cfg.eval_every_epochs else 0
+  last = history.last_train_row() if start else {}
+  t_start = time.time()
+  meter = Throughput()
+  progress = Progress(total, start, desc)
+  feed.open(start)
+  try:
+    with sigterm_flag() as stop:
+      for step in range(start, total):
+        state, m = step_fn(state, feed.args(step), teacher_vars)
+        done = step + 1
+        meter.add(feed.batch)
+        is_log = done % cfg.log_every_steps == 0 or done == total
+        if is_log:
+          m = jax.device_get(m)
+          last = {"loss": float(m["loss"]), "acc": float(m["acc"]), "lr": float(schedule(step)),
+                  "img_per_s": meter.lap()}
+          history.append({"step": done, "epoch": done / feed.steps_per_epoch, **last})
+        progress.update(done, 1, {k: last[k] for k in ("loss", "acc")} if last else {}, is_log)
+        if eval_data is not None and eval_every and done % eval_every == 0 and done != total:
+          with meter.paused(block_on=state):
+            ev = run_eval()
+          log_eval(done, ev)
+          log(f"[{desc}] epoch {done // feed.steps_per_epoch}: eval top1 {ev['top1']:.2f}% "
+              f"top5 {ev['top5']:.2f}%")
+        if (done % cfg.checkpoint_every_steps == 0 and done != total) or stop["signal"]:
+          with meter.paused(block_on=state):
+            ckpt.save(done, state)
+        if stop["signal"] is not None:
+          raise Preempted(f"[{desc}] received SIGTERM: checkpoint saved at step {done}; rerun the "
+                          "same command to resume")
+      ckpt.save(total, state)
+  finally:
+    progress.close()
+    feed.close()
+    ckpt.close()
+  metrics = {"steps": total, "steps_per_epoch": feed.steps_per_epoch, "batch_size": feed.batch,
+             "train_loss": last.get("loss"), "train_acc": last.get("acc"),
+             "train_img_per_s": meter.rate, "train_wall_s": time.time() - t_start}
+  if eval_data is not None and final_eval:
+    ev = run_eval()
+    metrics.update({f"eval_{k}": v for k, v in ev.items()})
+    log_eval(total, ev)
+  return state, metrics

@@ -1,0 +1,120 @@
+"""Progress lines, compile-free throughput and the metrics.jsonl of a training run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import jax
+
+
+class Progress:
+  """tqdm bar on a terminal; plain one-line messages (every log interval) otherwise."""
+
+  def __init__(self, total: int, initial: int, desc: str):
+    self.tty = sys.stderr.isatty()
+    self.total, self.desc, self.t0, self.start = total, desc, time.time(), initial
+    self.bar = None
+    if self.tty:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+
+  def update(self, step: int, n: int, info: dict, log: bool):
+    if self.bar is not None:
+      self.bar.update(n)
+      if log:
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in info.items()}, refresh=False)
+    elif log:
+      done = step - self.start
+      rate = done / max(time.time() - self.t0, 1e-9)
+      eta = (self.total - step) / rate if rate > 0 else float("nan")
+      vals = " ".join(f"{k}={v:.4g}" for k, v in info.items())
+      print(f"[{self.desc}] step {step}/{self.total} {vals} eta {eta:.0f}s", flush=True)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+class Throughput:
+  """Images per second of the train step alone.
+
+  `add(n)` after each step, `lap()` at each log point (where the metrics were fetched, so the device
+  has caught up): the rate of that interval. The first interval of a call holds the compilation and
+  is left out of `rate`; time inside `paused()` (evaluation, checkpoints) is left out of all.
+  """
+
+  def __init__(self):
+    self._t = time.perf_counter()
+    self._images = 0
+    self._paused = 0.0
+    self._laps = 0
+    self.images = 0
+    self.seconds = 0.0
+
+  def add(self, n: int) -> None:
+    self._images += n
+
+  @contextlib.contextmanager
+  def paused(self, block_on=None) -> Iterator[None]:
+    if block_on is not None:
+      jax.block_until_ready(block_on)  # the steps already queued belong to the interval
+    t = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._paused += time.perf_counter() - t
+
+  def lap(self) -> float:
+    now = time.perf_counter()
+    seconds = max(now - self._t - self._paused, 1e-9)
+    rate = self._images / seconds
+    if self._laps > 0:
+      self.images += self._images
+      self.seconds += seconds
+    self._laps += 1
+    self._t, self._images, self._paused = now, 0, 0.0
+    return rate
+
+  @property
+  def rate(self) -> float | None:
+    """Compile-free img/s over the laps after the first; None when there was only one."""
+    return self.images / self.seconds if self.seconds > 0 else None
+
+
+class MetricsLog:
+  """metrics.jsonl: one JSON row per log interval or evaluation, written by process 0.
+
+  A fresh run starts it empty; a resumed run drops the rows after the step it resumes from (they
+  are redone), so the file always describes exactly one run.
+  """
+
+  def __init__(self, path: Path, resume_step: int):
+    self.path = Path(path)
+    if jax.process_index() != 0:
+      return
+    if resume_step == 0:
+      self.path.unlink(missing_ok=True)
+    elif self.path.exists():
+      rows = [line for line in self.path.read_text().splitlines() if line.strip()]
+      keep = [line for line in rows if json.loads(line).get("step", 0) <= resume_step]
+      self.path.write_text("".join(line + "\n" for line in keep))
+
+  def last_train_row(self) -> dict:
+    """The last logged {"loss", "acc", "lr", "img_per_s"} (after a resume: from the file)."""
+    if not self.path.exists():
+      return {}
+    for line in reversed(self.path.read_text().splitlines()):
+      row = json.loads(line) if line.strip() else {}
+      if "loss" in row:
+        return {k: row[k] for k in ("loss", "acc", "lr", "img_per_s") if k in row}
+    return {}
+
+  def append(self, row: dict) -> None:
+    if jax.process_index() == 0:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(row) + "\n")

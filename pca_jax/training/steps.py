@@ -1,0 +1,145 @@
+"""The jitted pieces of training: state, optimizer and schedule, the loss, and the train step.
+
+One step function serves every input: a `gather(step, *feed_args)` callable (see training.feeds)
+turns the feed's arrays into (images uint8, labels, weights) inside the jitted step, then the views
+are augmented on device with a key folded from the "augment" stream and the step number, so a step
+is a pure function of (state, feed arrays) and a resumed run replays the same updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from pca_jax import augment, parallel
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+def variables_of(state: TrainState) -> dict:
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def create_train_state(model, tx, key: jax.Array, image_shape) -> TrainState:
+  """Initialises params/batch stats with a dummy batch of one image of image_shape [H, W, C]."""
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape)), train=False))(key)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                           batch_stats=variables.get("batch_stats"))
+
+
+def _decay_mask(params):
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_schedule(cfg: Any, steps_per_epoch: int) -> Callable[[Any], Any]:
+  """Learning rate as a function of the step: warmup then cosine/step/constant."""
+  base = cfg.lr * (cfg.batch_size / cfg.base_batch_size if cfg.scale_lr_by_batch else 1.0)
+  total_epochs = float(cfg.epochs)
+  warm = float(cfg.warmup_epochs)
+  if cfg.schedule not in ("cosine", "step", "constant"):
+    raise ValueError(f"unknown train.schedule {cfg.schedule!r}; use cosine, step or constant")
+  if cfg.schedule_unit not in ("epoch", "step"):
+    raise ValueError(f"unknown train.schedule_unit {cfg.schedule_unit!r}; use epoch or step")
+
+  def schedule(step):
+    epoch = step / steps_per_epoch
+    if cfg.schedule_unit == "epoch":
+      epoch = jnp.floor(epoch)
+    warm_factor = jnp.minimum(1.0, (epoch + 1.0) / warm) if warm > 0 else 1.0
+    if cfg.schedule == "cosine":
+      t = jnp.clip((epoch - warm) / max(total_epochs - warm, 1.0), 0.0, 1.0)
+      factor = 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+    elif cfg.schedule == "step":
+      factor = cfg.step_gamma ** jnp.sum(epoch >= jnp.asarray(cfg.step_epochs, jnp.float32))
+    else:
+      factor = 1.0
+    return base * warm_factor * factor
+  return schedule
+
+
+def make_optimizer(cfg: Any, steps_per_epoch: int):
+  """(optax transformation, schedule): AdamW or SGD + momentum, weight decay on kernels only."""
+  schedule = make_schedule(cfg, steps_per_epoch)
+  if cfg.optimizer == "adamw":
+    tx = optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_decay_mask)
+  elif cfg.optimizer == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask),
+                     optax.sgd(schedule, momentum=cfg.momentum, nesterov=cfg.nesterov))
+  else:
+    raise ValueError(f"unknown train.optimizer {cfg.optimizer!r}; use adamw or sgd")
+  return tx, schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """How the step turns views into a loss: hard labels, or a teacher's soft labels per view."""
+  num_classes: int
+  label_smoothing: float = 0.0
+  teacher_apply: Callable | None = None   # (variables, views) -> logits, eval mode
+  temperature: float = 20.0
+  cutmix_alpha: float = 0.0
+  teacher_size: int = 0                   # > 0: views are resized to this size for the teacher
+
+
+def train_update(state: TrainState, views, labels, weights, spec: LossSpec, teacher_vars, key):
+  """One SGD/AdamW update on normalised views; weights mask padded examples out of the loss.
+
+  Soft mode (spec.teacher_apply set): optional CutMix of the views, then the loss is the
+  batch-mean KL(softmax(teacher/T) || softmax(student/T)) computed on the very same views (soft
+  labels on the fly, as in the SRe2L/RDED evaluation protocol; no T^2 factor, as in their code).
+  """
+  if spec.teacher_apply is None:
+    targets = jax.nn.one_hot(labels, spec.num_classes)
+    if spec.label_smoothing:
+      targets = optax.smooth_labels(targets, spec.label_smoothing)
+  else:
+    if spec.cutmix_alpha:
+      views = augment.cutmix(key, views, spec.cutmix_alpha)
+    teacher_views = views
+    if spec.teacher_size and views.shape[1:3] != (spec.teacher_size, spec.teacher_size):
+      # e.g. resolution="patch": the teacher labels the view at the resolution it was trained at
+      teacher_views = augment.center_resize(views, (spec.teacher_size, spec.teacher_size))
+    teacher_logits = jax.lax.stop_gradient(spec.teacher_apply(teacher_vars, teacher_views))
+    targets = jax.nn.softmax(teacher_logits / spec.temperature, axis=-1)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, views,
+                                     train=True, mutable=["batch_stats"])
+    if spec.teacher_apply is None:
+      per_example = optax.softmax_cross_entropy(logits, targets)
+    else:
+      logp = jax.nn.log_softmax(logits / spec.temperature, axis=-1)
+      per_example = jnp.sum(targets * (jnp.log(jnp.maximum(targets, 1e-12)) - logp), axis=-1)
+    loss = jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    return loss, (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  acc = jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  return state, {"loss": loss, "acc": acc}
+
+
+def make_train_step(augment_fn: Callable, spec: LossSpec, augment_key: jax.Array, mesh,
+                    gather: Callable):
+  """jit(state, feed_args tuple, teacher_vars) -> (state, {"loss", "acc"}).
+
+  gather(step, *feed_args) -> (images uint8 [B, H, W, 3], labels [B], weights [B]) picks the
+  step's batch; the views are augment_fn(fold_in(augment_key, step), images), split from the key
+  that CutMix uses. The state is donated.
+  """
+  shard = parallel.batch_sharding(mesh)
+
+  def step(state, feed_args, teacher_vars=None):
+    images, labels, weights = gather(state.step, *feed_args)
+    k_aug, k_mix = jax.random.split(jax.random.fold_in(augment_key, state.step))
+    views = jax.lax.with_sharding_constraint(augment_fn(k_aug, images), shard)
+    return train_update(state, views, labels, weights, spec, teacher_vars, k_mix)
+  return jax.jit(step, donate_argnums=(0,))
