@@ -9,9 +9,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_pip_install_then_use_from_outside_the_repository(tmp_path):
+  import shutil
+  src = tmp_path / "src"  # a copy: setuptools writes build/ and *.egg-info next to the sources
+  shutil.copytree(os.path.join(ROOT, "pca_jax"), src / "pca_jax",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  for f in ("pyproject.toml", "README.md"):
+    shutil.copy(os.path.join(ROOT, f), src / f)
   site = tmp_path / "site"
   out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                        "--no-build-isolation", "--target", str(site), ROOT],
+                        "--no-build-isolation", "--target", str(site), str(src)],
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert (site / "pca_jax" / "scoring.py").is_file()
