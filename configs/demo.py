@@ -2,7 +2,10 @@
 
 Data: scikit-learn's handwritten digits (1,797 real 8x8 scans, 10 classes, shipped inside the
 scikit-learn wheel), upsampled to 16x16 RGB; 1,347 train / 450 test (stratified, fixed).
-Model: ResNet-18 with the small-image stem at width 16 (a quarter of 64) so that CPU steps are fast.
+Model: ResNet-18 with the small-image stem at width 16 (a quarter of 64) so that CPU steps are fast,
+with the last BatchNorm of every residual block zero-initialised (model.zero_init_residual): on 100
+stored 16px images that trains to 66 % top-1 against 45 % with torchvision's plain initialisation
+(3 seeds each, README); the ImageNet configs keep torchvision's, the reference student's.
 Prune: EL2N averaged over 2 models trained 3 epochs on the full train set; keep the 40 easiest
 images per class. Combine: 2x2 mosaics at 16x16 (cells are 8x8, the digits' native resolution),
 10 mosaics per class (IPC 10). Augment: RRC inside one cell + flip, 300 epochs, hard labels.
@@ -23,6 +26,7 @@ def get_config():
   c.data.num_threads = 2
   c.model.stem = "small"
   c.model.width = 16
+  c.model.zero_init_residual = True
   c.score.num_models = 2
   c.score.batch_size = 256
   c.score.train.update(dict(epochs=3, batch_size=64, optimizer="adamw", lr=2e-3,

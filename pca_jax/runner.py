@@ -189,8 +189,10 @@ class Runner:
 
   def why_not_current(self, name: str) -> str:
     m = self.marker(name)
-    if m is None or m.get("status") != "done":
+    if m is None:
       return "which this run directory does not have"
+    if m.get("status") != "done":
+      return "which did not finish"
     changed = changed_fields(m.get("fields", {}), self._fields(self.stages[name]))
     if changed:
       shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
@@ -283,12 +285,13 @@ class Runner:
       t0 = time.time()
       summary = self.stages[name].run(self.context, StageRun(name, fp, upstream, resumed))
       wall = time.time() - t0
-      self.barrier(f"pca_jax_{name}")
+      self.barrier(f"pca_jax_{name}")  # every process finished the stage's work
       self._write_marker(name, {
           "stage": name, "status": "done", "fingerprint": fp,
           "id": fingerprint(fp, uuid.uuid4().hex), "fields": self._fields(self.stages[name]),
           "upstream": {u: m["id"] for u, m in upstream.items()}, "wall_s": wall,
           "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary})
+      self.barrier(f"pca_jax_{name}_marker")  # every process sees the new output id
       self.log(f"[{name}] done in {wall:.1f}s")
       summaries[name] = summary
     return summaries

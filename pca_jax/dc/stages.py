@@ -39,6 +39,19 @@ def load_teacher(run):
   return (lambda v, x: model.apply(v, x, train=False)), variables
 
 
+def teacher_derived(config) -> dict:
+  """What the teacher stage's fingerprint knows of a given teacher_workdir: its checkpoint steps
+  and their newest modification time (a teacher retrained in place reruns the stage, and with it
+  every soft-label cell and teacher-built set)."""
+  workdir = config.benchmark.teacher_workdir
+  if not workdir:
+    return {}
+  ckpt = Path(workdir) / "checkpoints"
+  entries = sorted(ckpt.iterdir()) if ckpt.is_dir() else []
+  return {"teacher_checkpoints": [[p.name for p in entries],
+                                  max((p.stat().st_mtime_ns for p in entries), default=0)]}
+
+
 def stage_teacher(run, stage) -> dict:
   from pca_jax.training import load_variables, train
   cfg = run.config
@@ -207,9 +220,9 @@ def run_cell(run, stage, ctx, cell, externals, teacher_fn) -> dict:
                fingerprint=fp)
   n_images = int(len(images))
   external = cell["method"].startswith(EXTERNAL)
+  per_class = None if external else cell["ipc"] * cell["grid"][0] * cell["grid"][1]
   row = {**cell, "grid": list(cell["grid"]), "top1": m["eval_top1"], "top5": m["eval_top5"],
-         "stored_images": n_images,
-         "source_images_per_class": None if external else cell["ipc"] * cell["grid"][0] * cell["grid"][1],
+         "stored_images": n_images, "source_images_per_class": per_class,
          "bytes_images": int(images[0].nbytes) * n_images,
          "bytes_soft_labels": tables.soft_label_bytes(n_images, mc.train.epochs, num_classes,
                                                       cfg.benchmark.soft_label_bytes_per_value),

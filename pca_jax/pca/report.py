@@ -14,7 +14,7 @@ PAPER_IMAGENET = {  # ResNet-18, hard labels, top-1 % (REFERENCE.md)
     100: {"random": 31.7, "el2n": 38.7, "pca": 45.5},
 }
 REPORTED = ("score", "select", "combine", "store", "train", "eval")
-CROP_NAMES = {"patch": "patch-constrained crops (a random-resized crop inside one mosaic cell)",
+CROP_NAMES = {"patch": "patch-constrained crops inside one mosaic cell",
               "rrc": "random-resized crops of the whole stored image", "none": "no crops"}
 
 

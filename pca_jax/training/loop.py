@@ -83,6 +83,30 @@ def loss_spec(cfg: Any, num_classes: int, teacher) -> LossSpec:
                   cfg.cutmix_alpha if soft else 0.0, teacher_size=cfg.image_size)
 
 
+def _build_step(cfg: Any, feed: Any, view_size: int, spec: LossSpec, mesh):
+  """The jitted step: the feed's gather, the device crop at view_size, the loss of `spec`."""
+  augment_fn = augment.make_train_augment(feed.device_crop, (view_size, view_size),
+                                          tuple(cfg.grid), tuple(cfg.crop_scale),
+                                          tuple(cfg.crop_ratio), cfg.flip)
+  return make_train_step(augment_fn, spec, rng.stream_key(cfg.seed, "augment"), mesh, feed.gather)
+
+
+def _make_evaluator(config: Any, apply_fn: Callable, eval_data: Any, eval_size: int,
+                    blur_size: int, mesh) -> Callable[[Any], dict] | None:
+  """state -> top-1/top-5 on eval_data (one compiled step for every call); None without data."""
+  if eval_data is None:
+    return None
+  cfg = config.train
+  eval_step = make_eval_step(apply_fn, eval_size, blur_size)
+
+  def run(state) -> dict:
+    return evaluate(variables_of(state), eval_data, apply_fn, eval_size=eval_size,
+                    blur_size=blur_size, crop_fraction=config.data.get("eval_crop_fraction", 1.0),
+                    batch_size=cfg.eval_batch_size, num_threads=cfg.num_threads, mesh=mesh,
+                    eval_step=eval_step)
+  return run
+
+
 def train(config: Any, workdir: str | Path, train_data: Any, eval_data: Any = None, *,
           desc: str = "train", final_eval: bool = True,
           teacher: tuple[Callable, Any] | None = None, log: Callable[[str], None] = print,
@@ -107,14 +131,10 @@ def train(config: Any, workdir: str | Path, train_data: Any, eval_data: Any = No
   total = feed.steps_per_epoch * cfg.epochs
   if cfg.max_steps:
     total = min(total, cfg.max_steps)
-  num_classes = train_data.num_classes
-  model = model_from_config(config.model, num_classes)
+  model = model_from_config(config.model, train_data.num_classes)
   tx, schedule = make_optimizer(cfg, feed.steps_per_epoch)
   view_size, eval_size, blur_size = view_sizes(cfg)
-  augment_fn = augment.make_train_augment(feed.device_crop, (view_size, view_size),
-                                          tuple(cfg.grid), tuple(cfg.crop_scale),
-                                          tuple(cfg.crop_ratio), cfg.flip)
-  spec = loss_spec(cfg, num_classes, teacher)
+  spec = loss_spec(cfg, train_data.num_classes, teacher)
   state = parallel.replicate(create_train_state(model, tx, rng.stream_key(cfg.seed, "init"),
                                                 (view_size, view_size, 3)), mesh)
   ckpt = Checkpointer(workdir, fingerprint or default_fingerprint(config, train_data),
@@ -124,15 +144,8 @@ def train(config: Any, workdir: str | Path, train_data: Any, eval_data: Any = No
     log(f"[{desc}] resumed from checkpoint at step {start}/{total}")
   history = MetricsLog(workdir / "metrics.jsonl", start)
   teacher_vars = parallel.replicate(teacher[1], mesh) if spec.teacher_apply else None
-  step_fn = make_train_step(augment_fn, spec, rng.stream_key(cfg.seed, "augment"), mesh,
-                            feed.gather)
-  eval_step = make_eval_step(model.apply, eval_size, blur_size)
-
-  def run_eval():
-    return evaluate(variables_of(state), eval_data, model.apply, eval_size=eval_size,
-                    blur_size=blur_size, crop_fraction=config.data.get("eval_crop_fraction", 1.0),
-                    batch_size=cfg.eval_batch_size, num_threads=cfg.num_threads, mesh=mesh,
-                    eval_step=eval_step)
+  step_fn = _build_step(cfg, feed, view_size, spec, mesh)
+  run_eval = _make_evaluator(config, model.apply, eval_data, eval_size, blur_size, mesh)
 
   def log_eval(done, ev):
     history.append({"step": done, "epoch": done / feed.steps_per_epoch,
@@ -157,9 +170,9 @@ def train(config: Any, workdir: str | Path, train_data: Any, eval_data: Any = No
                   "img_per_s": meter.lap()}
           history.append({"step": done, "epoch": done / feed.steps_per_epoch, **last})
         progress.update(done, 1, {k: last[k] for k in ("loss", "acc")} if last else {}, is_log)
-        if eval_data is not None and eval_every and done % eval_every == 0 and done != total:
+        if run_eval and eval_every and done % eval_every == 0 and done != total:
           with meter.paused(block_on=state):
-            ev = run_eval()
+            ev = run_eval(state)
           log_eval(done, ev)
           log(f"[{desc}] epoch {done // feed.steps_per_epoch}: eval top1 {ev['top1']:.2f}% "
               f"top5 {ev['top5']:.2f}%")
@@ -177,8 +190,8 @@ def train(config: Any, workdir: str | Path, train_data: Any, eval_data: Any = No
   metrics = {"steps": total, "steps_per_epoch": feed.steps_per_epoch, "batch_size": feed.batch,
              "train_loss": last.get("loss"), "train_acc": last.get("acc"),
              "train_img_per_s": meter.rate, "train_wall_s": time.time() - t_start}
-  if eval_data is not None and final_eval:
-    ev = run_eval()
+  if run_eval and final_eval:
+    ev = run_eval(state)
     metrics.update({f"eval_{k}": v for k, v in ev.items()})
     log_eval(total, ev)
   return state, metrics
