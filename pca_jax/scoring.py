@@ -42,9 +42,11 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
 class Score:
   """A per-example difficulty score (lower = easier). `fn` computes it from one eval-mode forward
   pass, (logits [N, C], labels [N]) -> [N]; None means it is derived from the scoring models'
-  training history instead (forgetting events, counted after every epoch)."""
+  training history instead (forgetting events, counted after every epoch); `requires` names the
+  score config flag that must be on for the score stage to compute it."""
   fn: Callable[[jax.Array, jax.Array], jax.Array] | None
   doc: str
+  requires: str | None = None
 
 
 # The one registry of scores. The score stage writes scores_<name>.npy for every entry (forward
@@ -54,8 +56,8 @@ SCORES: Mapping[str, Score] = {
     "el2n": Score(lambda logits, labels: el2n(logits, labels),
                   "||softmax - onehot||_2 (Paul et al., data_diet)"),
     "entropy": Score(lambda logits, labels: entropy(logits), "predictive entropy"),
-    "forgetting": Score(None, "forgetting events between epochs (Toneva et al.); needs "
-                              "score.forgetting=True"),
+    "forgetting": Score(None, "forgetting events between epochs (Toneva et al.)",
+                        requires="forgetting"),
 }
 SELECTION_SCORES = tuple(name for name, s in SCORES.items() if s.fn is not None)
 

@@ -7,6 +7,21 @@ from pca_jax.config import default_train_config
 from pca_jax.data.sources import ArraySource
 
 
+def get_field(config: ml_collections.ConfigDict, key: str):
+  """The value of a dotted config field, e.g. "score.train.epochs"."""
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
+def set_fields(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+  """Sets dotted config fields in place, {"train.lr": 0.1, ...}; returns the config."""
+  for key, value in values.items():
+    parent, _, last = key.rpartition(".")
+    (get_field(config, parent) if parent else config)[last] = value
+  return config
+
+
 def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(name="resnet10", width=4, stem="small", dtype="float32"))

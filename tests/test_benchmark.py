@@ -215,3 +215,13 @@ def test_soft_label_training_distills_the_teacher(tmp_path):
   assert m["eval_top1"] >= 80.0, m
   with pytest.raises(ValueError, match="needs a teacher"):
     train.train(cfg, tmp_path / "x", data, log=lambda s: None)
+
+
+def test_forgetting_methods_need_forgetting_scores(tmp_path):
+  c = _bench_config(methods="random,forgetting_hard")
+  c.score.forgetting = False
+  with pytest.raises(ValueError, match="benchmark method forgetting_hard ranks by forgetting scores, "
+                                       "which the score stage computes only with "
+                                       "--config.score.forgetting=True"):
+    pca_main.run_pipeline(c, tmp_path / "run")
+  assert not (tmp_path / "run").exists()  # refused before anything ran or was written

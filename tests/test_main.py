@@ -12,6 +12,7 @@ import pytest
 
 from pca_jax import main as pca_main
 from pca_jax.selection import select_per_class
+from tests.helpers import get_field, set_fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,19 +34,9 @@ def tiny_config(**overrides):
   c = demo.get_config()
   for arg in TINY:
     key, value = arg[len("--config."):].split("=")
-    obj = c
-    *path, last = key.split(".")
-    for p in path:
-      obj = obj[p]
-    obj[last] = type(obj[last])(value)
+    set_fields(c, {key: type(get_field(c, key))(value)})
   c.jax_cache_dir = ""
-  for k, v in overrides.items():
-    obj = c
-    *path, last = k.split(".")
-    for p in path:
-      obj = obj[p]
-    obj[last] = v
-  return c
+  return set_fields(c, overrides)
 
 
 def _cli(args, timeout=600):

@@ -12,6 +12,7 @@ import pytest
 
 from pca_jax.config import changed_fields, config_values, fingerprint
 from pca_jax.runner import RunLock, Runner, Stage
+from tests.helpers import set_fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,13 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _config(**over):
   c = ml_collections.ConfigDict(dict(a=1, b=ml_collections.ConfigDict(dict(x=2, num_threads=4)),
                                      c=3))
-  for k, v in over.items():
-    obj = c
-    *path, last = k.split(".")
-    for p in path:
-      obj = obj[p]
-    obj[last] = v
-  return c
+  return set_fields(c, over)
 
 
 class Toy:

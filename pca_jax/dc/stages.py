@@ -235,8 +235,17 @@ def run_cell(run, stage, ctx, cell, externals, teacher_fn) -> dict:
 
 
 def check_benchmark(run) -> None:
-  """Up front: the plan is valid and every external set exists."""
+  """Up front: the plan is valid, every score a method reads is computed, every external set
+  exists."""
+  from pca_jax.dc.plan import method_names
+  from pca_jax.scoring import SCORES
   cfg = run.config
+  for name in method_names(cfg.benchmark):
+    score = METHODS[name].score if name in METHODS else None
+    flag = SCORES[score].requires if score else None
+    if flag and not cfg.score[flag]:
+      raise ValueError(f"benchmark method {name} ranks by {score} scores, which the score stage "
+                       f"computes only with --config.score.{flag}=True")
   for name, path in external_paths(cfg).items():
     if not Path(path).is_dir():
       raise ValueError(f"benchmark.external set {name!r}: {path} is not a directory; pass "
