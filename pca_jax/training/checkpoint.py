@@ -58,6 +58,9 @@ class Checkpointer:
       self._manager.close()
       if jax.process_index() == 0:
         shutil.rmtree(self.dir, ignore_errors=True)
+      if jax.process_count() > 1:  # nobody reopens the directory while process 0 empties it
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("pca_jax_stale_checkpoints_removed")
       self._manager = self._open()
     if jax.process_index() == 0:
       from pca_jax.data.atomic import save_json
