@@ -131,6 +131,7 @@ class Runner:
     self.is_writer = is_writer                # process 0 writes markers and removes outputs
     self.barrier = barrier or (lambda tag: None)
     self._current: dict[str, dict | None] = {}
+    self._field_values: dict[str, dict] = {}
 
   # ------------------------------------------------------------------------------ markers
   def marker_path(self, name: str) -> Path:
@@ -149,10 +150,14 @@ class Runner:
 
   # ------------------------------------------------------------------------- fingerprints
   def _fields(self, stage: Stage) -> dict:
-    values = config_values(self.config, stage.fields)
-    if stage.derived is not None:
-      values.update({f"derived.{k}": v for k, v in stage.derived(self.config).items()})
-    return values
+    """The stage's field values (and derived values), computed once per runner: derived values
+    can hash files (precomputed scores) or walk folders (external sets)."""
+    if stage.name not in self._field_values:
+      values = config_values(self.config, stage.fields)
+      if stage.derived is not None:
+        values.update({f"derived.{k}": v for k, v in stage.derived(self.config).items()})
+      self._field_values[stage.name] = values
+    return self._field_values[stage.name]
 
   def _upstream(self, stage: Stage) -> tuple[dict[str, dict], list[str]]:
     """(markers of the current outputs it reads, names of needed stages that are not current)."""
