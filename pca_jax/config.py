@@ -31,7 +31,8 @@ RESOLUTIONS = ("full", "patch", "blur")
 # Leaf names that never change what an artifact contains: threads, logging, checkpoint and
 # evaluation cadence, batch sizes of evaluation passes, caches, the stage list itself.
 IGNORED_FIELDS = frozenset({
-    "num_threads", "num_workers", "prefetch", "log_every_steps", "checkpoint_every_steps",
+    "num_threads", "num_workers", "prefetch", "prefetch_mb", "log_every_steps",
+    "checkpoint_every_steps",
     "keep_checkpoints", "eval_every_epochs", "eval_batch_size", "jax_cache_dir", "stages", "force"})
 
 
@@ -74,6 +75,11 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.num_threads = 8
   c.num_workers = 0
   c.prefetch = 2                  # Grain input: batches read + copied to the devices ahead
+  c.prefetch_mb = 1024            # Grain input: host memory of decoded batches read ahead (MiB)
+  # The compressed set on the devices: "replicated" (every device holds all of it), "sharded"
+  # (each device holds 1/n and draws its part of every batch from it), or "auto" (sharded when
+  # the replicated set would take more than a quarter of a device's memory).
+  c.shard_set = "auto"
   c.seed = 0
   c.max_steps = 0                 # > 0: stop after this many steps (tests, benchmarks)
   return c
@@ -99,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.skip_corrupt = False
   c.data.num_threads = 16
   c.data.num_workers = 0
+  c.data.prefetch_mb = 1024          # host memory of decoded batches read ahead (MiB)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet18"

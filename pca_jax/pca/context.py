@@ -59,4 +59,5 @@ class Run:
     c.train.seed = int(seed)
     c.train.image_size = self.config.data.image_size
     c.train.num_threads = self.config.data.num_threads
+    c.train.prefetch_mb = self.config.data.prefetch_mb
     return c
