@@ -27,6 +27,7 @@ FITS = ("squash", "center_crop")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 RESOLUTIONS = ("full", "patch", "blur")
+SHARD_SET_CHOICES = ("auto", "replicated", "sharded")
 
 # Leaf names that never change what an artifact contains: threads, logging, checkpoint and
 # evaluation cadence, batch sizes of evaluation passes, caches, the stage list itself.
@@ -273,6 +274,8 @@ def _check_train(name: str, tc, full_dataset: bool) -> None:
     raise ValueError(f"unknown {name}.schedule_unit {tc.schedule_unit!r}; use epoch or step")
   if tc.label_mode not in ("hard", "soft"):
     raise ValueError(f"unknown {name}.label_mode {tc.label_mode!r}; use hard or soft")
+  if tc.get("shard_set", "auto") not in SHARD_SET_CHOICES:
+    raise ValueError(f"unknown {name}.shard_set {tc.shard_set!r}; choose one of {SHARD_SET_CHOICES}")
   if tc.resolution not in RESOLUTIONS:
     raise ValueError(f"unknown {name}.resolution {tc.resolution!r}; choose one of {RESOLUTIONS}")
   scale, ratio = tuple(tc.crop_scale), tuple(tc.crop_ratio)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -23,7 +22,10 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory: every stage reads and writes here.")
+flags.DEFINE_string("workdir", None, "Run directory (local path or gs://bucket/path): every stage "
+                    "reads and writes here.")
+flags.DEFINE_bool("log_all_processes", False, "Multi-process runs: every process prints its "
+                  "progress (default: process 0 only).")
 
 
 def all_stages() -> list:
@@ -45,38 +47,39 @@ def _open_sources(run, stages: list[str]) -> None:
 def run_pipeline(config, workdir: str | os.PathLike) -> dict:
   """Runs the configured stages; returns {stage: summary}. Raises ValueError for bad input."""
   import jax
-  from pca_jax import parallel
+  from pca_jax import fs, parallel
   from pca_jax.config import parse_stages, validate
-  from pca_jax.data.atomic import check_writable, save_json
   from pca_jax.pca.context import Run, log_main
   from pca_jax.runner import Runner, RunLock
 
   validate(config)
-  existed = Path(workdir).exists()
-  workdir = check_writable(workdir)
+  parallel.maybe_initialize_distributed()  # before anything asks jax which process this is
+  writer = jax.process_index() == 0
+  workdir = fs.path(workdir)
+  existed = workdir.exists()
+  if writer:
+    fs.check_writable(workdir)
+  parallel.check_shared_directory(workdir)
   if config.jax_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.jax_cache_dir))
+    jax.config.update("jax_compilation_cache_dir", os.fspath(fs.path(config.jax_cache_dir)))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  parallel.maybe_initialize_distributed()
   stages = parse_stages(config.stages)
   run = Run(config, workdir, log_main)
   barrier = None
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     barrier = multihost_utils.sync_global_devices
-  writer = jax.process_index() == 0
   runner = Runner(all_stages(), config, workdir, run, log_main, is_writer=writer, barrier=barrier)
   try:
     _open_sources(run, stages)
     runner.plan(stages)  # missing or stale inputs, budgets: refused before anything is written
   except ValueError:
-    if not existed and not any(Path(workdir).iterdir()):  # leave no empty run directory behind
-      Path(workdir).rmdir()
+    if writer and not existed and not any(workdir.iterdir()):  # leave no empty run directory
+      fs.remove(workdir)
     raise
   lock = RunLock(workdir, log_main).acquire() if writer else None
   try:
-    if writer:
-      save_json(run.path("config.json"), config.to_dict())
+    fs.save_json(run.path("config.json"), config.to_dict())
     log_main(f"pca_jax: stages {','.join(stages)} -> {workdir}  ({jax.device_count()} "
              f"{jax.devices()[0].platform} devices, {jax.process_count()} processes)")
     return runner.run(stages, force=config.force)
@@ -89,6 +92,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from pca_jax.training import Preempted
+  if FLAGS.log_all_processes:
+    os.environ["PCA_JAX_LOG_ALL_PROCESSES"] = "1"
   if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO; keep the console readable
     absl_logging.set_verbosity(absl_logging.WARNING)
   try:

@@ -36,6 +36,36 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def check_shared_directory(workdir: Any) -> None:
+  """Multi-process runs: every process must see the files process 0 writes in the run directory
+  (an object store or a shared filesystem). Process 0 writes a token named by a nonce it
+  broadcasts; every process looks for it; all raise the same ValueError if any cannot see it."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+  from pca_jax import fs
+  nonce = int(multihost_utils.broadcast_one_to_all(
+      np.asarray(np.random.default_rng().integers(1 << 30), np.int32)))
+  token = fs.join(workdir, f".shared-check-{nonce}")
+  if jax.process_index() == 0:
+    token.write_text("ok")
+  multihost_utils.sync_global_devices("pca_jax_shared_check_written")
+  seen = np.asarray(multihost_utils.process_allgather(np.asarray(token.exists(), np.int32)))
+  multihost_utils.sync_global_devices("pca_jax_shared_check_read")
+  if jax.process_index() == 0:
+    fs.remove(token)
+  if not seen.all():
+    blind = [int(i) for i in np.flatnonzero(seen == 0)]
+    raise ValueError(f"processes {blind} cannot see {workdir}, which process 0 writes; use a "
+                     "directory all processes share (gs://bucket/path or a shared filesystem)")
+
+
+def should_log() -> bool:
+  """Process 0 prints progress and messages; the others stay quiet unless
+  PCA_JAX_LOG_ALL_PROCESSES=1 (the CLI's --log_all_processes)."""
+  return jax.process_index() == 0 or os.environ.get("PCA_JAX_LOG_ALL_PROCESSES") == "1"
+
+
 def make_mesh() -> Mesh:
   """A 1-D mesh over every device of every process, axis name "data"."""
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))

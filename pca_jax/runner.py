@@ -26,13 +26,13 @@ import dataclasses
 import fcntl
 import json
 import os
-import shutil
 import socket
+import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pca_jax import fs
 from pca_jax.config import changed_fields, config_values, fingerprint
 
 
@@ -48,6 +48,9 @@ class Stage:
   derived: Callable[[Any], dict] | None = None   # values computed from the config that matter
   check: Callable[[Any], None] | None = None     # up-front validation, before any stage runs
   active: Callable[[Any], bool] | None = None    # False: this config does not use the stage
+  # True: host-side work (no device collectives) that only the writer process runs; the others
+  # wait at the barrier and take its summary from the marker.
+  writer_only: bool = False
 
   def needed(self, config) -> tuple[str, ...]:
     return tuple(self.needs(config) if callable(self.needs) else self.needs)
@@ -65,39 +68,99 @@ class StageRun:
   resumed: bool = False
 
 
-class RunLock:
-  """One run at a time per run directory: an exclusive flock on <workdir>/run.lock, whose content
-  names the holder (pid, host, start time). The kernel drops the lock when the holder dies, so a
-  lock left by a dead process is simply taken over."""
+def _holder() -> dict:
+  return {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
-  def __init__(self, workdir: Path, log: Callable[[str], None] = print):
-    self.path = Path(workdir) / "run.lock"
+
+def _in_use(path, holder: dict) -> ValueError:
+  who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
+         if holder else "another process")
+  return ValueError(f"run directory {path.parent} is in use by {who}; wait for that run to finish "
+                    "or choose another --workdir")
+
+
+class RunLock:
+  """One run at a time per run directory, held by process 0.
+
+  Local disks: an exclusive flock on <workdir>/run.lock, whose content names the holder (pid,
+  host, start time); the kernel drops it when the holder dies, so a dead holder's lock is taken
+  over. Object stores have no locks: run.lock is a lease, the holder's JSON with a heartbeat
+  refreshed every `heartbeat_s` by a thread; a lease is taken over once its heartbeat is older
+  than `stale_s` (a killed run blocks the directory for at most that long). Two runs starting
+  within the same second can both write the lease; each re-reads it after a pause and the one
+  that does not find its own token leaves.
+  """
+
+  def __init__(self, workdir: fs.PathLike, log: Callable[[str], None] = print,
+               heartbeat_s: float = 30.0, stale_s: float = 120.0):
+    self.path = fs.join(workdir, "run.lock")
     self.log = log
+    self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
     self._fd: int | None = None
+    self._lease: dict | None = None
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
 
   def acquire(self) -> "RunLock":
+    if fs.is_remote(self.path):
+      return self._acquire_lease()
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
       holder = _read_fd(fd)
       os.close(fd)
-      who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
-             if holder else "another process")
-      raise ValueError(f"run directory {self.path.parent} is in use by {who}; wait for that run "
-                       "to finish or choose another --workdir") from None
+      raise _in_use(self.path, holder) from None
     left = _read_fd(fd)
     if left:  # a holder that ended cleanly empties the file: this one died
       self.log(f"[run] took over the lock of pid {left.get('pid')} on {left.get('host')} "
                f"(started {left.get('started')}, no longer running)")
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode(), 0)
+    os.pwrite(fd, json.dumps(_holder()).encode(), 0)
     os.fsync(fd)
     self._fd = fd
     return self
 
+  def _read_lease(self) -> dict:
+    try:
+      return json.loads(self.path.read_text())
+    except (OSError, ValueError):
+      return {}
+
+  def _acquire_lease(self) -> "RunLock":
+    old = self._read_lease()
+    if old and time.time() - float(old.get("heartbeat", 0)) < self.stale_s:
+      raise _in_use(self.path, old)
+    if old:
+      self.log(f"[run] took over the lease of pid {old.get('pid')} on {old.get('host')} "
+               f"(no heartbeat for {time.time() - float(old.get('heartbeat', 0)):.0f}s)")
+    self._lease = {**_holder(), "token": uuid.uuid4().hex, "heartbeat": time.time()}
+    self.path.write_text(json.dumps(self._lease))
+    time.sleep(1.0)
+    now = self._read_lease()
+    if now.get("token") != self._lease["token"]:
+      self._lease = None
+      raise _in_use(self.path, now)
+    self._thread = threading.Thread(target=self._beat, name="pca_jax-lease", daemon=True)
+    self._thread.start()
+    return self
+
+  def _beat(self) -> None:
+    while not self._stop.wait(self.heartbeat_s):
+      self._lease["heartbeat"] = time.time()
+      try:
+        self.path.write_text(json.dumps(self._lease))
+      except Exception as e:  # noqa: BLE001 - a missed heartbeat is retried, never fatal
+        self.log(f"[run] could not refresh the lease {self.path}: {e}")
+
   def release(self) -> None:
+    if self._lease is not None:
+      self._stop.set()
+      self._thread.join()
+      if self._read_lease().get("token") == self._lease["token"]:
+        fs.remove(self.path)
+      self._lease = None
     if self._fd is not None:
       os.ftruncate(self._fd, 0)
       fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -122,19 +185,19 @@ def _read_fd(fd: int) -> dict:
 class Runner:
   """Runs the scheduled stages of one run directory (see the module docstring)."""
 
-  def __init__(self, stages: Sequence[Stage], config: Any, workdir: str | Path, context: Any,
+  def __init__(self, stages: Sequence[Stage], config: Any, workdir: fs.PathLike, context: Any,
                log: Callable[[str], None] = print, is_writer: bool = True,
                barrier: Callable[[str], None] | None = None):
     self.stages = {s.name: s for s in stages}
     self.order = [s.name for s in stages]
-    self.config, self.workdir, self.context, self.log = config, Path(workdir), context, log
+    self.config, self.workdir, self.context, self.log = config, fs.path(workdir), context, log
     self.is_writer = is_writer                # process 0 writes markers and removes outputs
     self.barrier = barrier or (lambda tag: None)
     self._current: dict[str, dict | None] = {}
     self._field_values: dict[str, dict] = {}
 
   # ------------------------------------------------------------------------------ markers
-  def marker_path(self, name: str) -> Path:
+  def marker_path(self, name: str) -> fs.Path:
     return self.workdir / "stages" / f"{name}.json"
 
   def marker(self, name: str) -> dict | None:
@@ -145,8 +208,7 @@ class Runner:
 
   def _write_marker(self, name: str, content: dict) -> None:
     if self.is_writer:
-      from pca_jax.data.atomic import save_json
-      save_json(self.marker_path(name), content)
+      fs.save_json(self.marker_path(name), content)
 
   # ------------------------------------------------------------------------- fingerprints
   def _fields(self, stage: Stage) -> dict:
@@ -221,13 +283,9 @@ class Runner:
     """Deletes a stage's marker, then everything it owns."""
     if not self.is_writer:
       return
-    self.marker_path(name).unlink(missing_ok=True)
+    fs.remove(self.marker_path(name))
     for rel in self.stages[name].owns:
-      path = self.workdir / rel
-      if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-      else:
-        path.unlink(missing_ok=True)
+      fs.remove(self.workdir / rel)
 
   # ---------------------------------------------------------------------------------- run
   def scheduled(self, names: Sequence[str]) -> list[str]:
@@ -288,7 +346,9 @@ class Runner:
                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
         self.log(f"[{name}] running")
       t0 = time.time()
-      summary = self.stages[name].run(self.context, StageRun(name, fp, upstream, resumed))
+      summary = None
+      if self.is_writer or not self.stages[name].writer_only:
+        summary = self.stages[name].run(self.context, StageRun(name, fp, upstream, resumed))
       wall = time.time() - t0
       self.barrier(f"pca_jax_{name}")  # every process finished the stage's work
       self._write_marker(name, {
@@ -297,6 +357,8 @@ class Runner:
           "upstream": {u: m["id"] for u, m in upstream.items()}, "wall_s": wall,
           "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary})
       self.barrier(f"pca_jax_{name}_marker")  # every process sees the new output id
+      if summary is None:
+        summary = (self.marker(name) or {}).get("summary", {})
       self.log(f"[{name}] done in {wall:.1f}s")
       summaries[name] = summary
     return summaries

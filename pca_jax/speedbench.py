@@ -3,6 +3,8 @@
   python -m pca_jax.speedbench                                   # train step, scoring, augmentation
   python -m pca_jax.speedbench --what=train,score --size=112 --batch=64 --width=64
   python -m pca_jax.speedbench --what=pipeline --n_images=2000   # Grain ImageFolder decode + resize
+  python -m pca_jax.speedbench --what=pipeline --size=224 --batch=1024 --n_images=16384 \
+      --prefetch_mb=1024                          # ... and its peak RSS under a read-ahead budget
   python -m pca_jax.speedbench --what=scoring_memory --n_images=50000 --size=64   # peak host RSS
   python -m pca_jax.speedbench --what=torch,train --rounds=6 --steps=5   # JAX vs PyTorch, paired
 
@@ -39,6 +41,12 @@ flags.DEFINE_integer("rounds", 1, "with --what=torch,train: time the two train s
                      "per-round ratios, which cancels the drift of a shared machine")
 flags.DEFINE_integer("n_images", 2000, "images for pipeline / scoring_memory")
 flags.DEFINE_string("data_dir", "", "ImageFolder for pipeline / scoring_memory (made if empty)")
+flags.DEFINE_float("prefetch_mb", 1024, "pipeline: host memory of decoded batches Grain may read "
+                   "ahead (MiB; train.prefetch_mb / data.prefetch_mb)")
+flags.DEFINE_integer("threads", 8, "pipeline: Grain reader threads (capped at the read-ahead "
+                     "buffer)")
+flags.DEFINE_float("consume_ms", 0, "pipeline: simulated time per batch of the consumer (a "
+                   "device step), slept; > 0 lets the read-ahead fill as behind a slow step")
 flags.DEFINE_string("out", "bench.json", "where to write the results")
 FLAGS = flags.FLAGS
 
@@ -198,24 +206,50 @@ def _imagefolder(n: int, size: int) -> Path:
 
 
 def bench_pipeline():
-  """Host side: Grain reads an ImageFolder, decodes JPEGs and resizes (no model)."""
+  """Host side: Grain reads an ImageFolder, decodes JPEGs and resizes (no model), reading ahead at
+  most --prefetch_mb MiB of decoded batches; reports img/s and the process's peak RSS (VmHWM)."""
   from pca_jax.data import pipeline
   from pca_jax.data.sources import ImageFolderSource
   src = ImageFolderSource(_imagefolder(FLAGS.n_images, max(FLAGS.size * 2, 64)))
+  buffer, threads = pipeline.read_ahead(pipeline.image_batch_bytes(FLAGS.batch, FLAGS.size),
+                                        FLAGS.prefetch_mb, FLAGS.threads)
+  rss_before = _rss_mib()
   t = time.perf_counter()
-  n = 0
-  for b in pipeline.ordered_batches(src, FLAGS.batch, FLAGS.size, 0.875, num_threads=8):
+  n = batches = 0
+  for b in pipeline.ordered_batches(src, FLAGS.batch, FLAGS.size, 0.875,
+                                    num_threads=FLAGS.threads, prefetch_mb=FLAGS.prefetch_mb):
     n += int(b["mask"].sum())
+    batches += 1
+    if FLAGS.consume_ms > 0:
+      time.sleep(FLAGS.consume_ms / 1000)
   dt = time.perf_counter() - t
-  return {"img_per_s": n / dt, "images": n, "threads": 8, "cpus": os.cpu_count()}
+  return {"img_per_s": n / dt, "images": n, "batches": batches, "threads": threads,
+          "prefetch_mb": FLAGS.prefetch_mb, "prefetch_buffer": buffer,
+          "batch_mib": pipeline.image_batch_bytes(FLAGS.batch, FLAGS.size) / 2 ** 20,
+          "consume_ms": FLAGS.consume_ms, "cpus": os.cpu_count(), "rss_before_mib": rss_before,
+          "peak_rss_process_mib": _peak_rss_mib()}
+
+
+def _status_mib(key: str) -> float:
+  """A VmXXX line of /proc/self/status in MiB (NaN where there is no procfs)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith(key + ":"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return float("nan")
 
 
 def _rss_mib() -> float:
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1]) / 1024
-  return float("nan")
+  return _status_mib("VmRSS")
+
+
+def _peak_rss_mib() -> float:
+  """The process's peak resident memory (VmHWM; ru_maxrss where there is no procfs)."""
+  peak = _status_mib("VmHWM")
+  return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench_scoring_memory():
@@ -236,7 +270,8 @@ def bench_scoring_memory():
   def progress(count):
     peak[0] = max(peak[0], _rss_mib())
   t = time.perf_counter()
-  batches = pipeline.ordered_batches(src, FLAGS.batch, FLAGS.size, num_threads=8)
+  batches = pipeline.ordered_batches(src, FLAGS.batch, FLAGS.size, num_threads=8,
+                                     prefetch_mb=FLAGS.prefetch_mb)
   out = scoring.score_dataset(lambda v, x: model.apply(v, augment.normalize(x), train=False), [v],
                               batches, num_examples=len(src), batch_size=FLAGS.batch,
                               mesh=parallel.make_mesh(), progress=progress)
@@ -386,9 +421,12 @@ def main(argv):
     results["results"][name] = r
     rate = r.get("img_per_s")
     extra = "" if "min" not in r else f"  (min {r['min']:.1f}, max {r['max']:.1f})"
+    if name == "pipeline":
+      extra += (f"  read-ahead {r['prefetch_buffer']} batches x {r['batch_mib']:.0f} MiB, "
+                f"{r['threads']} threads")
     print(f"{name:>15}: {rate:10.1f} img/s{extra}"
-          + (f"  peak RSS {r['peak_rss_process_mib']:.0f} MiB" if name == "scoring_memory" else ""),
-          flush=True)
+          + (f"  peak RSS {r['peak_rss_process_mib']:.0f} MiB"
+             if name in ("scoring_memory", "pipeline") else ""), flush=True)
   res = results["results"]
   if "train" in res and "score" in res:
     res["score_over_train"] = res["score"]["img_per_s"] / res["train"]["img_per_s"]
@@ -404,7 +442,7 @@ def main(argv):
   if "train" in res and "augment" in res:
     res["augment_share_of_step"] = res["train"]["img_per_s"] / res["augment"]["img_per_s"]
     print(f"augmentation cost / train step: {100 * res['augment_share_of_step']:.1f}%")
-  from pca_jax.data.atomic import save_json
+  from pca_jax.fs import save_json
   save_json(FLAGS.out, results)
   print(f"wrote {FLAGS.out}")
 

@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pca_jax.data import pipeline, store
-from pca_jax.data.atomic import atomic_dir, check_writable, save_json
+from pca_jax.fs import atomic_dir, check_writable, save_json
 from pca_jax.data.sources import (ArraySource, DataError, ImageFolderSource, TfdsSource,
                                   demo_source, load_source)
 import ml_collections
@@ -154,6 +155,48 @@ def test_train_batches_resume_and_iterator_state():
     pipeline.train_batches(src, 64, 4, seed=0, num_epochs=1)
 
 
+def test_read_ahead_bounds_host_memory_in_bytes():
+  mib = 1 << 20
+  assert pipeline.image_batch_bytes(1024, 224) == 154_140_672
+  # 224px x 1024: 6 decoded batches (924 MB) fit 1024 MiB, where the fixed buffer held 64 (9.9 GB)
+  assert pipeline.read_ahead(154_140_672, 1024, num_threads=16) == (6, 6)
+  assert pipeline.read_ahead(154_140_672, 1024, num_threads=4) == (6, 4)
+  assert pipeline.read_ahead(154_140_672, 4096, num_threads=8) == (27, 8)
+  assert pipeline.read_ahead(154_140_672, 10_000, num_threads=8) == (64, 8)  # capped
+  assert pipeline.read_ahead(pipeline.image_batch_bytes(64, 32), 1024, 8) == (64, 8)  # tiny
+  assert pipeline.read_ahead(pipeline.image_batch_bytes(1, 224), 1024, 8) == (64, 8)  # images
+  assert pipeline.read_ahead(154_140_672, 100, num_threads=8) == (1, 1)  # at least one
+  assert pipeline.read_ahead(154_140_672, 0, num_threads=8) == (1, 1)
+  assert pipeline.read_ahead(10 * mib, 100, num_threads=8) == (10, 8)  # exact fit counts
+  assert pipeline.read_ahead(10 * mib, 100, num_threads=8, num_workers=4) == (2, 2)  # per worker
+  with pytest.raises(ValueError, match="prefetch_mb"):
+    pipeline.read_ahead(1, -1, 8)
+  with pytest.raises(ValueError, match="prefetch_mb"):
+    pipeline.read_ahead(1, float("nan"), 8)
+
+
+def test_pipelines_pass_the_read_ahead_to_grain():
+  src = ArraySource(np.arange(20 * 48, dtype=np.uint8).reshape(20, 4, 4, 3), np.arange(20) % 2,
+                    ["a", "b"])
+  elem = pipeline.image_batch_bytes(4, 4)  # 192 B per batch
+  budget = 3 * elem / (1 << 20)  # three batches, in MiB
+  for ds in (pipeline.ordered_batches(src, 4, 4, num_threads=8, prefetch_mb=budget),
+             pipeline.train_batches(src, 4, 4, seed=0, num_epochs=2, num_threads=8,
+                                    prefetch_mb=budget)):
+    assert "num_threads=3, prefetch_buffer_size=3" in str(ds)
+  assert "num_threads=8, prefetch_buffer_size=64" in str(pipeline.ordered_batches(src, 4, 4))
+  # a budget below one batch still reads (one at a time), in order, every example once
+  small = list(pipeline.ordered_batches(src, 4, 4, prefetch_mb=0))
+  np.testing.assert_array_equal(np.concatenate([b["index"] for b in small]), np.arange(20))
+  np.testing.assert_array_equal(np.concatenate([b["image"] for b in small]), src.images)
+  full = [b["index"] for b in pipeline.train_batches(src, 4, 4, seed=3, num_epochs=2)]
+  tight = [b["index"] for b in pipeline.train_batches(src, 4, 4, seed=3, num_epochs=2,
+                                                      prefetch_mb=0)]
+  np.testing.assert_array_equal(np.stack(full), np.stack(tight))  # the bound changes no data
+  chunks = list(pipeline.iter_images(src, np.arange(20), 4, 8, prefetch_mb=0))
+  np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), src.images)
+
+
 def test_fit_image_resize_and_center_crop():
   img = np.zeros((20, 40, 3), np.uint8)
   img[:, 10:30] = 200
@@ -177,7 +220,7 @@ def test_store_round_trip_bytes_and_preview(tmp_path):
   m = cs.manifest
   assert m["bytes"] == {"images": 6 * 8 * 8 * 3, "labels": 6 * 4}
   assert m["images_per_class"] == [2, 2, 2] and m["source_indices"] == list(range(24))
-  assert (out / "images.npy").stat().st_size == 6 * 8 * 8 * 3 + 128
+  assert os.path.getsize(out / "images.npy") == 6 * 8 * 8 * 3 + 128
   prev = np.asarray(Image.open(out / "preview.png"))
   assert prev.shape[0] > 3 * 8 and prev.shape[2] == 3
   exported = store.export_imagefolder(out, tmp_path / "folder")

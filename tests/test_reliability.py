@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pca_jax import main as pca_main
-from pca_jax.data import atomic
+from pca_jax import fs
 from tests.test_main import ROOT, TINY, tiny_config
 
 RESUME_ARGS = TINY + ["--config.score.train.checkpoint_every_steps=10",
@@ -214,6 +214,6 @@ def test_failed_stage_leaves_no_partial_and_no_stale_output(tmp_path, monkeypatc
     tmp.write_bytes(b"partial")
     raise OSError("disk full")
   with pytest.raises(OSError):
-    atomic.write_file(wd / "selected.npy", fail_writer)
+    fs.write_file(wd / "selected.npy", fail_writer)
   np.testing.assert_array_equal(np.load(wd / "selected.npy"), before)
   assert not [p for p in wd.iterdir() if ".tmp-" in p.name]

@@ -61,3 +61,19 @@ def test_rounds_needs_torch_and_train(tmp_path):
                      text=True, timeout=120)
   assert r.returncode != 0 and "needs --what to include both torch and train" in r.stderr
   assert not (tmp_path / "b.json").exists()
+
+
+def test_pipeline_bench_reports_peak_rss_under_the_read_ahead_budget(tmp_path):
+  out = tmp_path / "bench.json"
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  budget = 2 * 8 * 16 * 16 * 3 / 2 ** 20  # two batches of 8 16px images, in MiB
+  r = subprocess.run([sys.executable, "-m", "pca_jax.speedbench", "--what=pipeline", "--size=16",
+                      "--batch=8", "--n_images=20", f"--data_dir={tmp_path / 'images'}",
+                      f"--prefetch_mb={budget}", f"--out={out}"], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  p = json.loads(out.read_text())["results"]["pipeline"]
+  assert p["images"] == 20 and p["batches"] == 3 and p["img_per_s"] > 0
+  assert p["prefetch_buffer"] == 2 and p["threads"] == 2 and p["prefetch_mb"] == budget
+  assert 0 < p["rss_before_mib"] <= p["peak_rss_process_mib"]  # VmHWM: the whole process's peak
+  assert "read-ahead 2 batches x 0 MiB, 2 threads  peak RSS" in r.stdout

@@ -8,6 +8,10 @@
   start at any step (deterministic in (seed, step)); the Grain iterator's get_state()/set_state()
   also works.
 Each process reads only its shard: batches are split by jax.process_index()/process_count().
+
+Read-ahead is bounded in bytes: Grain decodes up to `prefetch_buffer_size` elements ahead of the
+consumer, and an element of the batch pipelines is a whole decoded batch (154 MB at 224px with a
+local batch of 1024), so the buffer is sized from `prefetch_mb` by `read_ahead`, not fixed.
 """
 
 from __future__ import annotations
@@ -56,12 +60,46 @@ def _process(process_index, process_count):
   return pi, pc
 
 
-def _read_options(num_threads: int) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=max(1, int(num_threads)), prefetch_buffer_size=64)
+MAX_PREFETCH_BUFFER = 64  # Grain elements read ahead at most (the former fixed buffer)
+MIB = 1 << 20
 
 
-def _finish(ds: grain.MapDataset, num_threads: int, num_workers: int) -> grain.IterDataset:
-  it = ds.to_iter_dataset(_read_options(num_threads))
+def image_batch_bytes(batch: int, image_size: int) -> int:
+  """Bytes of the decoded uint8 images of one element: batch x S x S x 3 (labels, indices and masks
+  add ~13 B per example and are left out). 224px, batch 1024: 154,140,672 B."""
+  return int(batch) * int(image_size) ** 2 * 3
+
+
+def read_ahead(element_bytes: int, prefetch_mb: float, num_threads: int,
+               num_workers: int = 0) -> tuple[int, int]:
+  """(prefetch_buffer_size, num_threads) for Grain's ReadOptions under a host-memory budget.
+
+  The buffer holds max(1, floor(prefetch_mb MiB / element_bytes)) decoded elements, at most
+  MAX_PREFETCH_BUFFER; with num_workers > 0 processes each worker has its own buffer, so each gets
+  1/num_workers of the budget. Threads are capped at the buffer size: Grain submits at most
+  `buffer` elements ahead, so threads beyond it would idle. The budget counts elements waiting or
+  being decoded in the buffer; the consumer's batch and `parallel.prefetch_to_device`'s queue
+  (train.prefetch batches) come on top. E.g. 224px, local batch 1024 (154,140,672 B) at 1024 MiB:
+  buffer 6, threads min(num_threads, 6).
+  """
+  if not (prefetch_mb >= 0 and math.isfinite(prefetch_mb)):
+    raise ValueError(f"prefetch_mb must be a finite number >= 0, got {prefetch_mb}")
+  if element_bytes <= 0:
+    raise ValueError(f"element_bytes must be > 0, got {element_bytes}")
+  budget = prefetch_mb * MIB / max(1, int(num_workers))
+  buffer = min(MAX_PREFETCH_BUFFER, max(1, math.floor(budget / element_bytes)))
+  return buffer, min(max(1, int(num_threads)), buffer)
+
+
+def _read_options(element_bytes: int, prefetch_mb: float, num_threads: int,
+                  num_workers: int = 0) -> grain.ReadOptions:
+  buffer, threads = read_ahead(element_bytes, prefetch_mb, num_threads, num_workers)
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer)
+
+
+def _finish(ds: grain.MapDataset, element_bytes: int, prefetch_mb: float, num_threads: int,
+            num_workers: int) -> grain.IterDataset:
+  it = ds.to_iter_dataset(_read_options(element_bytes, prefetch_mb, num_threads, num_workers))
   if num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return it
@@ -74,12 +112,13 @@ def num_ordered_batches(num_examples: int, local_batch: int, process_count: int 
 def ordered_batches(source: Any, local_batch: int, image_size: int, crop_fraction: float = 1.0,
                     num_threads: int = 8, num_workers: int = 0,
                     process_index: int | None = None,
-                    process_count: int | None = None) -> grain.IterDataset:
+                    process_count: int | None = None,
+                    prefetch_mb: float = 1024) -> grain.IterDataset:
   """Every example once: batches {"image" uint8 [B,S,S,3], "label", "index" (-1 = pad), "mask"}.
 
   The padded length is a multiple of local_batch * process_count so that every process yields the
   same number of batches (a requirement of multi-host jit); process p takes the p-th block of each
-  global batch.
+  global batch. At most ~prefetch_mb MiB of decoded batches are read ahead (see `read_ahead`).
   """
   pi, pc = _process(process_index, process_count)
   n = len(source)
@@ -89,15 +128,18 @@ def ordered_batches(source: Any, local_batch: int, image_size: int, crop_fractio
     start = (global_step * pc + pi) * local_batch
     idx = np.arange(start, start + local_batch)
     mask = idx < n
-    images, labels = [], []
-    for i, m in zip(idx, mask):
+    # filled in place: a list of images plus its np.stack copy held each batch twice
+    images = np.empty((local_batch, image_size, image_size, 3), np.uint8)
+    labels = np.zeros(local_batch, np.int32)
+    for k, (i, m) in enumerate(zip(idx, mask)):
       img, label = source[int(i) if m else 0]
-      images.append(fit_image(img, image_size, crop_fraction))
-      labels.append(label if m else 0)
-    return {"image": np.stack(images), "label": np.asarray(labels, np.int32),
+      images[k] = fit_image(img, image_size, crop_fraction)
+      labels[k] = label if m else 0
+    return {"image": images, "label": labels,
             "index": np.where(mask, idx, -1).astype(np.int64), "mask": mask}
 
-  return _finish(grain.MapDataset.range(steps).map(load), num_threads, num_workers)
+  return _finish(grain.MapDataset.range(steps).map(load),
+                 image_batch_bytes(local_batch, image_size), prefetch_mb, num_threads, num_workers)
 
 
 def train_steps_per_epoch(num_examples: int, global_batch: int) -> int:
@@ -131,7 +173,8 @@ def train_batches(source: Any, global_batch: int, image_size: int, seed: int, nu
                   start_step: int = 0, num_threads: int = 8, num_workers: int = 0,
                   crop: tuple[tuple[float, float], tuple[float, float]] | None = None,
                   process_index: int | None = None,
-                  process_count: int | None = None) -> grain.IterDataset:
+                  process_count: int | None = None,
+                  prefetch_mb: float = 1024) -> grain.IterDataset:
   """Shuffled training batches {"image" uint8 [b,S,S,3], "label" [b], "index" [b]} for this process.
 
   Epoch e visits `epoch_order(N, seed, e)`; global batches of `global_batch` indices are cut from
@@ -139,7 +182,8 @@ def train_batches(source: Any, global_batch: int, image_size: int, seed: int, nu
   image is resized + centre-cropped to S (the device then augments); crop=(scale, ratio): a
   random-resized crop of the decoded image, drawn from the seed's "augment" stream at (step,
   position in the global batch), so it is deterministic and independent of the process count.
-  Starts at `start_step` (resume) without reading the skipped batches.
+  Starts at `start_step` (resume) without reading the skipped batches. At most ~prefetch_mb MiB of
+  decoded batches are read ahead (see `read_ahead`).
   """
   from pca_jax import rng
   pi, pc = _process(process_index, process_count)
@@ -164,27 +208,29 @@ def train_batches(source: Any, global_batch: int, image_size: int, seed: int, nu
     epoch, j = divmod(step, per_epoch)
     first = j * global_batch + pi * local
     idx = order_of(epoch)[first:first + local]
-    images, labels = [], []
+    images = np.empty((len(idx), image_size, image_size, 3), np.uint8)  # filled in place
+    labels = np.zeros(len(idx), np.int32)
     for k, i in enumerate(idx):
       img, label = source[int(i)]
       if crop is None:
-        images.append(fit_image(img, image_size))
+        images[k] = fit_image(img, image_size)
       else:
         gen = rng.host_rng(seed, "augment", step, pi * local + k)
-        images.append(random_resized_crop_host(img, image_size, gen, crop[0], crop[1]))
-      labels.append(label)
-    return {"image": np.stack(images), "label": np.asarray(labels, np.int32),
-            "index": np.asarray(idx, np.int64)}
+        images[k] = random_resized_crop_host(img, image_size, gen, crop[0], crop[1])
+      labels[k] = label
+    return {"image": images, "label": labels, "index": np.asarray(idx, np.int64)}
 
-  return _finish(grain.MapDataset.range(start_step, total).map(load), num_threads, num_workers)
+  return _finish(grain.MapDataset.range(start_step, total).map(load),
+                 image_batch_bytes(local, image_size), prefetch_mb, num_threads, num_workers)
 
 
 def iter_images(source: Any, indices: np.ndarray, image_size: int, chunk: int,
                 fit: str = "center_crop", crop_fraction: float = 1.0,
-                num_threads: int = 8) -> Any:
+                num_threads: int = 8, prefetch_mb: float = 1024) -> Any:
   """Yields (images uint8 [<=chunk, S, S, 3], labels [<=chunk]) for `indices`, in order.
 
-  Decoding and resizing run on Grain reader threads; only one chunk is in memory at a time.
+  Decoding and resizing run on Grain reader threads; only one chunk is in memory at a time, plus
+  the read-ahead of single images (`read_ahead` of one S x S x 3 image: 64 at 224px).
   """
   indices = np.asarray(indices)
 
@@ -192,7 +238,8 @@ def iter_images(source: Any, indices: np.ndarray, image_size: int, chunk: int,
     img, label = source[int(i)]
     return fit_image(img, image_size, crop_fraction, fit), label
 
-  ds = grain.MapDataset.source(indices).map(load).to_iter_dataset(_read_options(num_threads))
+  ds = grain.MapDataset.source(indices).map(load).to_iter_dataset(
+      _read_options(image_batch_bytes(1, image_size), prefetch_mb, num_threads))
   images, labels = [], []
   for img, label in ds:
     images.append(img)
@@ -206,7 +253,8 @@ def iter_images(source: Any, indices: np.ndarray, image_size: int, chunk: int,
 
 def mosaics_from_source(source: Any, indices: np.ndarray, grid: tuple[int, int], image_size: int,
                         fit: str = "squash", num_threads: int = 8,
-                        out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        out: np.ndarray | None = None,
+                        prefetch_mb: float = 1024) -> tuple[np.ndarray, np.ndarray]:
   """Loads source[indices] (grouped by class, rows*cols per mosaic) and combines them.
 
   Returns (mosaics uint8 [len/cells, S, S, 3], labels int32). `out` may be a preallocated
@@ -221,7 +269,7 @@ def mosaics_from_source(source: Any, indices: np.ndarray, grid: tuple[int, int],
   pos = 0
   chunk = cells * max(1, 256 // cells)
   for images, lab in iter_images(source, indices, image_size, chunk, fit=fit,
-                                 num_threads=num_threads):
+                                 num_threads=num_threads, prefetch_mb=prefetch_mb):
     mosaics, mosaic_labels = make_mosaics(images, lab, tuple(grid), (image_size, image_size))
     out[pos:pos + len(mosaics)] = np.asarray(mosaics)
     labels[pos:pos + len(mosaics)] = mosaic_labels

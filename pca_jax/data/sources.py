@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
+
+from pca_jax import fs
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -114,7 +115,8 @@ class ImageFolderSource:
   """root/<class>/<image> trees (torchvision ImageFolder order: sorted class names, sorted files)."""
 
   def __init__(self, root: str | os.PathLike, skip_corrupt: bool = False):
-    self.root = Path(root)
+    self.root = fs.path(root)
+    self._remote = fs.is_remote(self.root)
     if not self.root.is_dir():
       raise DataError(f"image folder {self.root} does not exist; pass --config.data.data_dir=<dir "
                       "with one sub-folder per class>")
@@ -124,8 +126,7 @@ class ImageFolderSource:
                       f"{self.root}/<class_name>/<image>.jpg")
     files, labels = [], []
     for c, name in enumerate(classes):
-      found = sorted(p for p in (self.root / name).rglob("*")
-                     if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+      found = [p for p in fs.files_under(self.root / name) if p.suffix.lower() in IMAGE_EXTENSIONS]
       if not found:
         raise DataError(f"class folder {self.root / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
       files += found
@@ -135,7 +136,7 @@ class ImageFolderSource:
       ok = []
       for f in files:
         try:
-          decode_image(str(f), str(f))
+          self._decode(f)
           ok.append(True)
         except DataError:
           ok.append(False)
@@ -154,9 +155,12 @@ class ImageFolderSource:
   def __len__(self):
     return len(self.files)
 
+  def _decode(self, f) -> np.ndarray:
+    """Local files are opened by path; objects in a store are read whole, then decoded."""
+    return decode_image(f.read_bytes() if self._remote else os.fspath(f), str(f))
+
   def __getitem__(self, i):
-    f = self.files[i]
-    return decode_image(str(f), str(f)), int(self._labels[i])
+    return self._decode(self.files[i]), int(self._labels[i])
 
 
 TFDS_HELP = ("prepare it once with `tfds build {name} --data_dir={data_dir} "
@@ -172,7 +176,7 @@ class TfdsSource:
                image_key: str = "image", label_key: str = "label"):
     import tensorflow_datasets as tfds
 
-    if data_dir and not Path(data_dir).is_dir():
+    if data_dir and not fs.path(data_dir).is_dir():
       raise DataError(f"TFDS data_dir {data_dir} does not exist; " +
                       TFDS_HELP.format(name=name, data_dir=data_dir))
     try:
@@ -241,6 +245,6 @@ def load_source(data_config: Any, split: str | None = None):
     if not data_config.get("data_dir"):
       raise DataError("data.source='imagefolder' needs --config.data.data_dir=<root with "
                       f"{split}/<class>/<image> folders>")
-    return ImageFolderSource(Path(data_config.data_dir) / split,
+    return ImageFolderSource(fs.join(data_config.data_dir, split),
                              skip_corrupt=data_config.get("skip_corrupt", False))
   raise DataError(f"unknown data.source {kind!r}; choose one of {SOURCES}")

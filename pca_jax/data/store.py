@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from pca_jax.data.atomic import atomic_dir
+from pca_jax import fs
+from pca_jax.fs import atomic_dir
 from pca_jax.data.sources import DataError
 
 MANIFEST_VERSION = 1
@@ -58,8 +58,8 @@ def save_preview(images: np.ndarray, labels: np.ndarray, path: str | os.PathLike
 
 
 def write_compressed(out_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
-                     manifest: dict, class_names: Sequence[str] | None = None) -> Path:
-  """Writes a compressed dataset atomically (temp dir + rename) and returns its path.
+                     manifest: dict, class_names: Sequence[str] | None = None) -> fs.Path:
+  """Writes a compressed dataset atomically (see pca_jax.fs.atomic_dir); returns its path.
 
   `manifest` carries method, ipc, grid, seed, source, source_indices, ...; sizes, shapes, bytes
   and the format version are added here. An existing directory is replaced only once the new one
@@ -92,12 +92,12 @@ def write_compressed(out_dir: str | os.PathLike, images: np.ndarray, labels: np.
     np.save(tmp / "labels.npy", labels)
     save_preview(images, labels, tmp / "preview.png")
     (tmp / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
-  return Path(out_dir)
+  return fs.path(out_dir)
 
 
 def load_compressed(path: str | os.PathLike, mmap: bool = False) -> CompressedSet:
   """Loads and validates a compressed dataset directory (clear errors for anything off)."""
-  path = Path(path)
+  path = fs.path(path)
   if not path.is_dir():
     raise DataError(f"compressed dataset {path} does not exist; run the store stage first")
   for f in ("images.npy", "labels.npy", "manifest.json"):
@@ -110,8 +110,8 @@ def load_compressed(path: str | os.PathLike, mmap: bool = False) -> CompressedSe
   if manifest.get("version") != MANIFEST_VERSION:
     raise DataError(f"{path} has manifest version {manifest.get('version')!r}, this pca_jax reads "
                     f"version {MANIFEST_VERSION}; rewrite it with this version's store stage")
-  images = np.load(path / "images.npy", mmap_mode="r" if mmap else None)
-  labels = np.load(path / "labels.npy")
+  images = fs.load_npy(path / "images.npy", mmap=mmap)
+  labels = fs.load_npy(path / "labels.npy")
   if images.dtype != np.uint8 or images.ndim != 4:
     raise DataError(f"{path}/images.npy must be uint8 [M,H,W,3], got {images.dtype} {images.shape}")
   if list(images.shape[1:]) != manifest["image_shape"] or len(images) != manifest["num_images"]:
@@ -141,7 +141,7 @@ def export_imagefolder(path: str | os.PathLike, out: str | os.PathLike) -> dict:
       d.mkdir(exist_ok=True)
       f = d / f"{i:05d}.png"
       Image.fromarray(img).save(f)
-      total += f.stat().st_size
+      total += os.path.getsize(f)
   return {"num_images": int(len(cs.images)), "png_bytes": int(total), "out": str(out)}
 
 

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import re
-import shutil
-from pathlib import Path
+
 import numpy as np
 
-from pca_jax import rng
+from pca_jax import fs, rng
 from pca_jax.config import config_values, fingerprint
 from pca_jax.dc import tables
 from pca_jax.dc.methods import EXTERNAL, METHODS, needs_scores
@@ -46,10 +44,11 @@ def teacher_derived(config) -> dict:
   workdir = config.benchmark.teacher_workdir
   if not workdir:
     return {}
-  ckpt = Path(workdir) / "checkpoints"
+  ckpt = fs.join(workdir, "checkpoints")
   entries = sorted(ckpt.iterdir()) if ckpt.is_dir() else []
+  files = [q for p in entries if p.is_dir() for q in p.iterdir() if q.is_file()]
   return {"teacher_checkpoints": [[p.name for p in entries],
-                                  max((p.stat().st_mtime_ns for p in entries), default=0)]}
+                                  max((fs.file_stats(q)[1] for q in files), default=0)]}
 
 
 def stage_teacher(run, stage) -> dict:
@@ -82,10 +81,10 @@ def external_derived(config) -> dict:
   size and newest modification time of its files (a changed set reruns the stage)."""
   out = {}
   for name, path in external_paths(config).items():
-    files = [p for p in Path(path).rglob("*") if p.is_file()] if Path(path).is_dir() else []
-    stats = [p.stat() for p in files]
-    out[name] = [path, len(stats), sum(s.st_size for s in stats),
-                 max((s.st_mtime_ns for s in stats), default=0)]
+    files = fs.files_under(path) if fs.path(path).is_dir() else []
+    stats = [fs.file_stats(p) for p in files]
+    out[name] = [path, len(stats), sum(size for size, _ in stats),
+                 max((mtime for _, mtime in stats), default=0)]
   return {"external": out}
 
 
@@ -121,7 +120,7 @@ class SetContext:
     self._teacher = None
 
   def scores(self, name: str) -> np.ndarray:
-    return np.load(self.run.require(f"scores_{name}.npy", "score"))
+    return fs.load_npy(self.run.require(f"scores_{name}.npy", "score"))
 
   def teacher(self):
     if self._teacher is None:
@@ -143,23 +142,43 @@ def set_fingerprint(run, stage, method: str, ipc: int, grid, seed: int) -> str:
                      config_values(run.config, (*TRAIN_DATA, "combine.fit", *m.fields)), upstream)
 
 
-def build_set(run, stage, ctx: SetContext, method: str, ipc: int, grid, seed: int) -> Path:
-  """The compressed set of one method, from the cache if it was made under the same fingerprint."""
-  from pca_jax.data.store import write_compressed
+class BenchmarkCache:
+  """The fingerprints of the sets and the rows of the cells already in benchmark/, read once when
+  the stage starts (before any process writes), so that every process of a multi-process run
+  takes the same cached / rebuild decisions while process 0 writes."""
+
+  def __init__(self, run):
+    self.sets: dict[str, str | None] = {}
+    self.rows: dict[str, dict] = {}
+    for kind, store in (("sets", self.sets), ("runs", self.rows)):
+      root = run.path("benchmark", kind)
+      for d in sorted(root.iterdir()) if root.is_dir() else []:
+        f = d / ("manifest.json" if kind == "sets" else "row.json")
+        if f.is_file():
+          content = fs.read_json(f)
+          store[d.name] = content.get("fingerprint") if kind == "sets" else content
+
+
+def build_set(run, stage, ctx: SetContext, cache: BenchmarkCache, method: str, ipc: int, grid,
+              seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of one method's compressed set: from benchmark/sets/ if it was made under
+  the same fingerprint, else built and written there."""
+  from pca_jax.data.store import load_compressed, write_compressed
   from pca_jax.pca.stages import set_manifest
   m = METHODS[method]
   fp = set_fingerprint(run, stage, method, ipc, grid, seed)
   name = f"{method}-ipc{ipc}-g{grid[0]}x{grid[1]}" + (f"-s{seed}" if m.seeded else "")
   path = run.path("benchmark", "sets", name)
-  manifest_path = path / "manifest.json"
-  if manifest_path.exists():
-    if json.loads(manifest_path.read_text()).get("fingerprint") == fp:
-      return path
+  if cache.sets.get(name) == fp:
+    cs = load_compressed(path)
+    return cs.images, cs.labels
+  if name in cache.sets:
     run.log(f"[benchmark] set {name} was made from other inputs: rebuilding it")
   images, labels, source = m.build(run, ctx, ipc * grid[0] * grid[1], grid, seed)
   manifest = set_manifest(run, method, ipc, grid, seed, source, fingerprint=fp)
   write_compressed(path, images, labels, manifest, class_names=run.train_source.class_names)
-  return path
+  cache.sets[name] = fp
+  return images, labels
 
 
 # --------------------------------------------------------------------------------------- cells
@@ -196,20 +215,17 @@ def _cell_set(run, stage, cell, externals) -> tuple[str, str]:
           METHODS[method].crop)
 
 
-def _cell_data(run, stage, ctx, cell, externals) -> tuple[np.ndarray, np.ndarray]:
+def _cell_data(run, stage, ctx, cache, cell, externals) -> tuple[np.ndarray, np.ndarray]:
   """(images, labels) of a cell's compressed set, built (or taken from the cache) for it."""
-  from pca_jax.data.store import load_compressed
   method = cell["method"]
   if method.startswith(f"{EXTERNAL}:"):
     return externals[method.split(":", 1)[1]]
-  cs = load_compressed(build_set(run, stage, ctx, method, cell["ipc"], cell["grid"], cell["seed"]))
-  return cs.images, cs.labels
+  return build_set(run, stage, ctx, cache, method, cell["ipc"], cell["grid"], cell["seed"])
 
 
-def run_cell(run, stage, ctx, cell, externals, teacher_fn) -> dict:
+def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> dict:
   """Trains and evaluates one cell, or returns its row if it was made under the same fingerprint
   (checked before the set is built or loaded: a cached IPC100 cell at 224px reads no 15 GB set)."""
-  from pca_jax.data.atomic import save_json
   from pca_jax.training import InMemoryData, train
   from pca_jax.training.views import view_sizes
   cfg = run.config
@@ -218,13 +234,12 @@ def run_cell(run, stage, ctx, cell, externals, teacher_fn) -> dict:
   mc = cell_trainer_config(run, cell, crop)
   fp = cell_fingerprint(run, stage, set_identity, mc, cell["label"])
   out = run.path("benchmark", "runs", cid.replace(":", "_"))
-  row_path = out / "row.json"
-  if row_path.exists():
-    row = json.loads(row_path.read_text())
-    if row.get("fingerprint") == fp:
-      return row
-    shutil.rmtree(out)  # made from other inputs: its checkpoints and metrics are stale
-  images, labels = _cell_data(run, stage, ctx, cell, externals)
+  cached = cache.rows.get(out.name)
+  if cached is not None:
+    if cached.get("fingerprint") == fp:
+      return cached
+    fs.remove(out / "row.json")  # made from other inputs: the trainer drops its stale checkpoints
+  images, labels = _cell_data(run, stage, ctx, cache, cell, externals)
   run.log(f"[benchmark] cell {cid}")
   num_classes = run.train_source.num_classes
   _, m = train(mc, out, InMemoryData(images, labels, num_classes), run.eval_source, desc=cid,
@@ -241,7 +256,7 @@ def run_cell(run, stage, ctx, cell, externals, teacher_fn) -> dict:
          "train_wall_s": m["train_wall_s"], "train_img_per_s": m["train_img_per_s"],
          "resolution": mc.train.resolution, "view_size": view_sizes(mc.train)[0],
          "fingerprint": fp}
-  save_json(row_path, row)
+  fs.save_json(out / "row.json", row)
   run.log(f"[benchmark] {cid}: top-1 {row['top1']:.2f}%")
   return row
 
@@ -259,7 +274,7 @@ def check_benchmark(run) -> None:
       raise ValueError(f"benchmark method {name} ranks by {score} scores, which the score stage "
                        f"computes only with --config.score.{flag}=True")
   for name, path in external_paths(cfg).items():
-    if not Path(path).is_dir():
+    if not fs.path(path).is_dir():
       raise ValueError(f"benchmark.external set {name!r}: {path} is not a directory; pass "
                        "name=/path/to/imagefolder")
   plan_cells(cfg.benchmark, cfg.combine.grid, cfg.data.image_size,
@@ -273,13 +288,14 @@ def benchmark_needs(config) -> tuple[str, ...]:
 
 def stage_benchmark(run, stage) -> dict:
   """Runs every planned cell (cached ones are reused); writes the tables and the plot."""
-  from pca_jax.data.atomic import save_json, save_text
   cfg = run.config
   bench = cfg.benchmark
   externals = {name: load_external(run, p) for name, p in external_paths(cfg).items()}
   ext_ipc = {name: int(np.bincount(labels).max()) for name, (_, labels) in externals.items()}
   cells, skipped = plan_cells(bench, cfg.combine.grid, cfg.data.image_size, ext_ipc)
   ctx = SetContext(run)
+  cache = BenchmarkCache(run)
+  run.barrier("pca_jax_benchmark_cache_read")  # nobody writes before every process has read
   smallest = int(np.bincount(run.train_source.labels).min())
   rows = []
   for i, cell in enumerate(cells):
@@ -289,7 +305,7 @@ def stage_benchmark(run, stage) -> dict:
                                         f"{smallest}"})
       continue
     run.log(f"[benchmark] {i + 1}/{len(cells)}: {cell_id(cell)}")
-    rows.append(run_cell(run, stage, ctx, cell, externals, ctx.teacher))
+    rows.append(run_cell(run, stage, ctx, cache, cell, externals, ctx.teacher))
 
   agg = tables.aggregate(rows)
   title = f"DC benchmark: {run.train_source.name}, {cfg.model.name} (width {cfg.model.width}), " \
@@ -309,8 +325,8 @@ def stage_benchmark(run, stage) -> dict:
          f"{cfg.train.cutmix_alpha}. Every method trains the same student with the same schedule; "
          "pca uses patch-constrained crops, the others RandomResizedCrop of the stored image.\n")
   tables.write_csv(rows, run.path("benchmark.csv"))
-  save_text(run.path("benchmark.md"), md)
-  save_json(run.path("benchmark.json"), {"rows": rows, "aggregate": agg, "skipped": skipped})
+  fs.save_text(run.path("benchmark.md"), md)
+  fs.save_json(run.path("benchmark.json"), {"rows": rows, "aggregate": agg, "skipped": skipped})
   if agg:
     tables.plot(agg, run.path("benchmark.png"), title)
   run.log(f"[benchmark] {len(rows)} cells -> {run.path('benchmark.md')}")

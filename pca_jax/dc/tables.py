@@ -118,7 +118,7 @@ def resolution_table(agg: list[dict]) -> str:
 
 
 def write_csv(rows: list[dict], path) -> None:
-  from pca_jax.data.atomic import save_text
+  from pca_jax.fs import save_text
   fields = ["method", "ipc", "grid", "label", "seed", "resolution", "view_size", "top1", "top5", "stored_images",
             "source_images_per_class", "bytes_images", "bytes_soft_labels", "train_wall_s",
             "train_img_per_s"]
@@ -136,7 +136,7 @@ def plot(agg: list[dict], path, title: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from pca_jax.data.atomic import write_file
+  from pca_jax.fs import write_file
   labels = [l for l in LABEL_MODES if any(a["label"] == l for a in agg)]
   fig, axes = plt.subplots(1, len(labels), figsize=(6.5 * len(labels), 4.5), squeeze=False,
                            sharey=True)

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any, Callable
 
 import ml_collections
 
+from pca_jax import fs
+
 
 def log_main(msg: str) -> None:
-  """Prints from process 0 only."""
+  """Prints from process 0 only (every process, prefixed, with --log_all_processes)."""
   import jax
-  if jax.process_index() == 0:
-    print(msg, flush=True)
+  from pca_jax.parallel import should_log
+  if should_log():
+    print(msg if jax.process_index() == 0 else f"[process {jax.process_index()}] {msg}",
+          flush=True)
 
 
 class Run:
   """A run directory with its config and lazily opened train / eval sources."""
 
-  def __init__(self, config: Any, workdir: str | Path, log: Callable[[str], None] = log_main):
-    self.config, self.workdir, self.log = config, Path(workdir), log
+  def __init__(self, config: Any, workdir: fs.PathLike, log: Callable[[str], None] = log_main):
+    self.config, self.workdir, self.log = config, fs.path(workdir), log
     self._train_source = self._eval_source = None
 
   @property
@@ -40,10 +43,17 @@ class Run:
       self._eval_source = load_source(self.config.data, self.config.data.eval_split)
     return self._eval_source
 
-  def path(self, *parts) -> Path:
+  def barrier(self, tag: str) -> None:
+    """Every process waits here until all arrive (a no-op in a single-process run)."""
+    import jax
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(tag)
+
+  def path(self, *parts) -> fs.Path:
     return self.workdir.joinpath(*parts)
 
-  def require(self, name: str, stage: str) -> Path:
+  def require(self, name: str, stage: str) -> fs.Path:
     p = self.path(name)
     if not p.exists():
       raise ValueError(f"{p} is missing; run the {stage} stage first (add it to --config.stages)")

@@ -34,7 +34,7 @@ def _prune_line(cfg, summaries) -> str:
 
 
 def stage_report(run, stage) -> dict:
-  from pca_jax.data.atomic import save_json, save_text
+  from pca_jax.fs import read_json, save_json, save_text
 
   cfg = run.config
   summaries = {s: stage.upstream[s]["summary"] for s in REPORTED if s in stage.upstream}
@@ -42,7 +42,7 @@ def stage_report(run, stage) -> dict:
   store, tr, ev = summaries.get("store", {}), summaries.get("train", {}), summaries.get("eval", {})
   manifest = {}
   if store:
-    manifest = json.loads(run.path("compressed", "manifest.json").read_text())
+    manifest = read_json(run.path("compressed", "manifest.json"))
   grid = f"{cfg.combine.grid[0]}x{cfg.combine.grid[1]}"
   label_mode = cfg.train.label_mode
   results = {

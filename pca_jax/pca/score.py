@@ -9,11 +9,10 @@ derive_seed(seed, "score_model", k): its own initialisation, data order and augm
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 
-from pca_jax import rng, scoring
+from pca_jax import fs, rng, scoring
 
 OUTPUTS = ("labels.npy", "scores.npy", "score", "score_hist.png",
            *(f"scores_{name}.npy" for name in scoring.SCORES))
@@ -22,18 +21,18 @@ OUTPUTS = ("labels.npy", "scores.npy", "score", "score_hist.png",
 def precomputed_digest(config) -> dict:
   """The content hash of score.scores_path (its file may change under the same name)."""
   path = config.score.scores_path
-  if not path or not Path(path).is_file():
+  if not path or not fs.path(path).is_file():
     return {}
-  return {"scores_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}
+  return {"scores_sha256": hashlib.sha256(fs.path(path).read_bytes()).hexdigest()[:16]}
 
 
 def load_scores(path: str, n: int) -> np.ndarray:
   """A user's precomputed [n] scores (.npy), checked for shape and NaN/inf."""
-  p = Path(path)
+  p = fs.path(path)
   if not p.is_file():
     raise ValueError(f"score.scores_path {path} does not exist; pass a .npy file of {n} scores")
   try:
-    scores = np.load(p, allow_pickle=False)
+    scores = fs.load_npy(p)
   except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
     raise ValueError(f"score.scores_path {path} is not a readable .npy file ({e})") from None
   scores = np.asarray(scores, np.float64).reshape(-1) if scores.ndim <= 1 else scores
@@ -47,12 +46,11 @@ def load_scores(path: str, n: int) -> np.ndarray:
   return scores.astype(np.float32)
 
 
-def score_histogram(path: Path, scores: np.ndarray, labels: np.ndarray, title: str) -> None:
+def score_histogram(path: fs.PathLike, scores: np.ndarray, labels: np.ndarray, title: str) -> None:
   """A PNG with one histogram panel per group of classes (<= 10 groups)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from pca_jax.data.atomic import write_file
 
   num_classes = int(labels.max()) + 1
   groups = np.array_split(np.arange(num_classes), min(10, num_classes))
@@ -65,7 +63,7 @@ def score_histogram(path: Path, scores: np.ndarray, labels: np.ndarray, title: s
     ax.axis("off")
   fig.suptitle(f"per-example score: {title} (lower = easier)")
   fig.tight_layout()
-  write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+  fs.write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
   plt.close(fig)
 
 
@@ -82,7 +80,8 @@ def _score_all(run, variables, names, desc) -> dict:
   local = parallel.check_batch_size(cfg.score.batch_size, mesh, "score.batch_size")
   batches = pipeline.ordered_batches(src, local, cfg.data.image_size, cfg.data.eval_crop_fraction,
                                      num_threads=cfg.data.num_threads,
-                                     num_workers=cfg.data.num_workers)
+                                     num_workers=cfg.data.num_workers,
+                                     prefetch_mb=cfg.data.prefetch_mb)
   progress = Progress(n, 0, desc)
   done = [0]
 
@@ -105,7 +104,6 @@ def _train_model(run, stage, k: int) -> tuple[dict, dict, np.ndarray | None]:
   """
   import jax
   from pca_jax.data import pipeline
-  from pca_jax.data.atomic import save_npy
   from pca_jax.training import train, variables_of
   cfg, src = run.config, run.train_source
   k_models = cfg.score.num_models
@@ -120,13 +118,13 @@ def _train_model(run, stage, k: int) -> tuple[dict, dict, np.ndarray | None]:
     for e in range(1, cfg.score.train.epochs + 1):
       f = wd / f"correct_epoch{e}.npy"
       if f.exists():
-        history.append(np.load(f))
+        history.append(fs.load_npy(f))
         continue
       mc.train.max_steps = e * per_epoch
       state, _ = train(mc, wd, src, None, desc=f"{desc} epoch {e}", log=run.log, fingerprint=fp)
       corr = _score_all(run, [jax.device_get(variables_of(state))], ("correct",),
                         f"correctness after epoch {e}")["correct"][0] > 0.5
-      save_npy(f, corr)
+      fs.save_npy(f, corr)
       history.append(corr)
     forgetting = scoring.forgetting_counts(np.stack(history))
     mc.train.max_steps = 0
@@ -136,17 +134,14 @@ def _train_model(run, stage, k: int) -> tuple[dict, dict, np.ndarray | None]:
 
 
 def stage_score(run, stage) -> dict:
-  import jax
-  from pca_jax.data.atomic import save_npy
-
   cfg, src = run.config, run.train_source
   labels = src.labels
   n = len(labels)
-  save_npy(run.path("labels.npy"), labels)
+  fs.save_npy(run.path("labels.npy"), labels)
   info = {"num_examples": n, "num_classes": src.num_classes}
   if cfg.score.scores_path:
     scores = load_scores(cfg.score.scores_path, n)
-    save_npy(run.path("scores.npy"), scores)
+    fs.save_npy(run.path("scores.npy"), scores)
     run.log(f"[score] using precomputed scores from {cfg.score.scores_path} ({n} examples)")
     score_histogram(run.path("score_hist.png"), scores, labels, f"{cfg.score.kind} (precomputed)")
     return {**info, "precomputed": cfg.score.scores_path}
@@ -163,15 +158,15 @@ def stage_score(run, stage) -> dict:
   if not result["seen"].all():
     raise ValueError(f"{int((~result['seen']).sum())} examples were not scored; the pipeline "
                      "dropped data")
-  if jax.process_index() == 0:
-    for name in names:
-      save_npy(run.path("score", f"{name}_per_model.npy"), result[name])
-      save_npy(run.path(f"scores_{name}.npy"), result[name].mean(axis=0))
-    scores = result[cfg.score.kind].mean(axis=0)
-    save_npy(run.path("scores.npy"), scores)
-    if forgetting:
-      save_npy(run.path("score", "forgetting_per_model.npy"), np.stack(forgetting))
-      save_npy(run.path("scores_forgetting.npy"), np.mean(forgetting, axis=0))
+  for name in names:  # fs writers write on process 0 only
+    fs.save_npy(run.path("score", f"{name}_per_model.npy"), result[name])
+    fs.save_npy(run.path(f"scores_{name}.npy"), result[name].mean(axis=0))
+  scores = result[cfg.score.kind].mean(axis=0)
+  fs.save_npy(run.path("scores.npy"), scores)
+  if forgetting:
+    fs.save_npy(run.path("score", "forgetting_per_model.npy"), np.stack(forgetting))
+    fs.save_npy(run.path("scores_forgetting.npy"), np.mean(forgetting, axis=0))
+  if fs.is_writer():
     score_histogram(run.path("score_hist.png"), scores, labels,
                     f"{cfg.score.kind}, mean of {len(variables)} models")
   corr = float(np.corrcoef(result["el2n"].mean(0), result["entropy"].mean(0))[0, 1])

@@ -6,11 +6,9 @@ on for the stage runner.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
-from pca_jax import rng
+from pca_jax import fs, rng
 from pca_jax.config import cells
 
 
@@ -28,7 +26,6 @@ def check_budget(run) -> None:
 
 def stage_select(run, stage) -> dict:
   import jax
-  from pca_jax.data.atomic import save_npy
   from pca_jax.selection import select_per_class
 
   cfg = run.config
@@ -36,14 +33,14 @@ def stage_select(run, stage) -> dict:
   per_class = cfg.select.ipc * cells(cfg)
   scores = None
   if cfg.select.mode != "random":
-    scores = np.load(run.require("scores.npy", "score"))
+    scores = fs.load_npy(run.require("scores.npy", "score"))
     if scores.shape != labels.shape:
       raise ValueError(f"scores.npy has {scores.shape[0]} entries but there are {len(labels)} "
                        "examples; rerun the score stage")
   idx = select_per_class(scores, labels, per_class, cfg.select.mode,
                          key=jax.random.key(rng.derive_seed(cfg.seed, "select")),
                          num_classes=run.train_source.num_classes)
-  save_npy(run.path("selected.npy"), idx)
+  fs.save_npy(run.path("selected.npy"), idx)
   out = {"selected": int(idx.size), "per_class": per_class, "mode": cfg.select.mode}
   if scores is not None:
     out["mean_score_selected"] = float(scores[idx].mean())
@@ -53,14 +50,13 @@ def stage_select(run, stage) -> dict:
 
 def stage_combine(run, stage) -> dict:
   from pca_jax.data import pipeline
-  from pca_jax.data.atomic import atomic_dir
 
   cfg = run.config
-  idx = np.load(run.require("selected.npy", "select"))
+  idx = fs.load_npy(run.require("selected.npy", "select"))
   size = cfg.data.image_size
   grid = tuple(int(g) for g in cfg.combine.grid)
   m = len(idx) // cells(cfg)
-  with atomic_dir(run.path("combine")) as tmp:
+  with fs.atomic_dir(run.path("combine")) as tmp:
     mosaics = np.lib.format.open_memmap(tmp / "mosaics.npy", "w+", np.uint8, (m, size, size, 3))
     _, labels = pipeline.mosaics_from_source(run.train_source, idx, grid, size, cfg.combine.fit,
                                              cfg.data.num_threads, out=mosaics)
@@ -85,20 +81,22 @@ def stage_store(run, stage) -> dict:
   from pca_jax.data.store import write_compressed
 
   cfg = run.config
-  mosaics = np.load(run.require("combine/mosaics.npy", "combine"), mmap_mode="r")
-  labels = np.load(run.path("combine", "labels.npy"))
+  mosaics = fs.load_npy(run.require("combine/mosaics.npy", "combine"), mmap=True)
+  labels = fs.load_npy(run.path("combine", "labels.npy"))
   selection = {"mode": cfg.select.mode}
   if cfg.select.mode != "random":
     selection.update({"score": cfg.score.kind, "num_models": cfg.score.num_models,
                       "scores_path": cfg.score.scores_path or None})
   manifest = set_manifest(run, cfg.method, cfg.select.ipc, cfg.combine.grid, cfg.seed,
-                          np.load(run.path("selected.npy")), fit=cfg.combine.fit,
+                          fs.load_npy(run.path("selected.npy")), fit=cfg.combine.fit,
                           selection=selection, fingerprint=stage.fingerprint)
-  out = write_compressed(run.path("compressed"), np.asarray(mosaics), labels, manifest,
+  mosaics = np.asarray(mosaics)
+  out = write_compressed(run.path("compressed"), mosaics, labels, manifest,
                          class_names=run.train_source.class_names)
-  m = json.loads((out / "manifest.json").read_text())
-  return {"path": str(out), "num_images": m["num_images"], "bytes": m["bytes"],
-          "image_shape": m["image_shape"], "source": m["source"]["name"]}
+  # the summary from memory: on other processes the files are not there yet (one writer)
+  return {"path": str(out), "num_images": len(mosaics),
+          "bytes": {"images": int(mosaics.nbytes), "labels": int(len(labels)) * 4},
+          "image_shape": list(mosaics.shape[1:]), "source": manifest["source"]["name"]}
 
 
 def student_config(run):
@@ -109,7 +107,6 @@ def student_config(run):
 
 
 def stage_train(run, stage) -> dict:
-  from pca_jax.data.atomic import save_json
   from pca_jax.data.store import load_compressed
   from pca_jax.training import InMemoryData, train
 
@@ -117,14 +114,13 @@ def stage_train(run, stage) -> dict:
   data = InMemoryData(cs.images, cs.labels, cs.manifest["num_classes"])
   _, metrics = train(student_config(run), run.path("train"), data, run.eval_source, desc="train",
                      final_eval=False, log=run.log, fingerprint=stage.fingerprint)
-  save_json(run.path("train.json"), metrics)
+  fs.save_json(run.path("train.json"), metrics)
   return {k: metrics[k] for k in ("steps", "train_loss", "train_acc", "train_img_per_s",
                                   "train_wall_s")}
 
 
 def stage_eval(run, stage) -> dict:
   """Top-1/top-5 of the final params on the real test/val split, without the trainer."""
-  from pca_jax.data.atomic import save_json
   from pca_jax.models.resnet import model_from_config
   from pca_jax.training import evaluate, load_variables
   from pca_jax.training.views import view_sizes
@@ -138,7 +134,7 @@ def stage_eval(run, stage) -> dict:
                 crop_fraction=cfg.data.eval_crop_fraction, batch_size=cfg.train.eval_batch_size,
                 num_threads=cfg.data.num_threads)
   ev = {f"eval_{k}": v for k, v in ev.items()}
-  save_json(run.path("eval.json"), ev)
+  fs.save_json(run.path("eval.json"), ev)
   run.log(f"[eval] top-1 {ev['eval_top1']:.2f}%  top-5 {ev['eval_top5']:.2f}%  "
           f"({ev['eval_count']} test images)")
   return ev

@@ -9,14 +9,12 @@ at step 0, so a changed config can never continue (or report) another config's m
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 
-from pca_jax import parallel
+from pca_jax import fs, parallel
 
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -24,10 +22,10 @@ FINGERPRINT_FILE = "fingerprint.json"
 class Checkpointer:
   """Save / restore of a TrainState under <workdir>/checkpoints, guarded by a fingerprint."""
 
-  def __init__(self, workdir: str | Path, fingerprint: str, keep: int,
+  def __init__(self, workdir: fs.PathLike, fingerprint: str, keep: int,
                log: Callable[[str], None] = print, desc: str = "train"):
-    self.workdir = Path(workdir)
-    self.dir = (self.workdir / "checkpoints").absolute()
+    self.workdir = fs.path(workdir)
+    self.dir = fs.absolute(self.workdir / "checkpoints")
     self.fingerprint, self.keep, self.log, self.desc = fingerprint, keep, log, desc
     self._manager = self._open()
 
@@ -44,27 +42,25 @@ class Checkpointer:
 
   def restore(self, state: Any, mesh) -> tuple[Any, int]:
     """(state, start step): the latest checkpoint if it was written under this fingerprint,
-    else the given fresh state at step 0 (stale checkpoints are deleted first)."""
+    else the given fresh state at step 0 (stale checkpoints are deleted first). Every process
+    reads what is there before the writer changes anything, so all take the same branch."""
     latest = self._manager.latest_step()
+    stored = self.stored_fingerprint()
+    _sync("pca_jax_checkpoint_inspected")
+    if latest is not None and stored == self.fingerprint:
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+      restored = self._manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+      return parallel.replicate(restored, mesh), int(jax.device_get(restored.step))
     if latest is not None:
-      stored = self.stored_fingerprint()
-      if stored == self.fingerprint:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = self._manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-        return parallel.replicate(restored, mesh), int(jax.device_get(restored.step))
       self.log(f"[{self.desc}] the checkpoints in {self.dir} were written under another config "
                f"(fingerprint {stored or 'unknown'}, now {self.fingerprint}): not resumed, "
                "training from step 0")
       self._manager.close()
-      if jax.process_index() == 0:
-        shutil.rmtree(self.dir, ignore_errors=True)
-      if jax.process_count() > 1:  # nobody reopens the directory while process 0 empties it
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("pca_jax_stale_checkpoints_removed")
+      if fs.is_writer():
+        fs.remove(self.dir)
+      _sync("pca_jax_stale_checkpoints_removed")  # nobody reopens while process 0 empties it
       self._manager = self._open()
-    if jax.process_index() == 0:
-      from pca_jax.data.atomic import save_json
-      save_json(self.workdir / FINGERPRINT_FILE, {"fingerprint": self.fingerprint})
+    fs.save_json(self.workdir / FINGERPRINT_FILE, {"fingerprint": self.fingerprint})
     return state, 0
 
   def latest_step(self) -> int | None:
@@ -80,18 +76,30 @@ class Checkpointer:
     self._manager.close()
 
 
-def load_variables(workdir: str | Path, step: int | None = None) -> dict:
-  """{"params", "batch_stats"} of a checkpoint in <workdir>/checkpoints (default: the latest)."""
-  ckpt = (Path(workdir) / "checkpoints").absolute()
+def _sync(tag: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(tag)
+
+
+def load_variables(workdir: fs.PathLike, step: int | None = None) -> dict:
+  """{"params", "batch_stats"} (numpy) of a checkpoint in <workdir>/checkpoints (default: the
+  latest), whatever the device topology that saved it."""
+  ckpt = fs.absolute(fs.join(workdir, "checkpoints"))
   if not ckpt.is_dir():
     raise ValueError(f"no checkpoints in {workdir}; train the model first or fix the path")
-  manager = ocp.CheckpointManager(ckpt)
+  manager = ocp.CheckpointManager(ckpt, item_handlers=ocp.StandardCheckpointHandler())
   try:
     step = manager.latest_step() if step is None else step
     if step is None or step not in manager.all_steps():
       raise ValueError(f"no finished checkpoint{'' if step is None else f' at step {step}'} in "
                        f"{ckpt}; train the model first")
-    tree = manager.restore(step, args=ocp.args.StandardRestore())
+    # onto this process's first device, whatever the topology that saved it (a pod, 2 processes)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            manager.item_metadata(step))
+    tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   finally:
     manager.close()
-  return {"params": tree["params"], "batch_stats": tree["batch_stats"]}
+  # host arrays: the caller places them on its own mesh (no device-to-device copy across hosts)
+  return jax.device_get({"params": tree["params"], "batch_stats": tree["batch_stats"]})

@@ -7,18 +7,17 @@ composes model, optimizer, checkpoints, metrics, periodic evaluation and preempt
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import itertools
 import signal
 import threading
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
-from pca_jax import augment, parallel, rng
+from pca_jax import augment, fs, parallel, rng
 from pca_jax.config import config_values, fingerprint as config_fingerprint
 from pca_jax.models.resnet import model_from_config
 from pca_jax.training.checkpoint import Checkpointer
@@ -57,20 +56,45 @@ def default_fingerprint(config: Any, train_data: Any) -> str:
   return config_fingerprint(values, data_digest(train_data))
 
 
-@contextlib.contextmanager
-def sigterm_flag() -> Iterator[dict]:
-  """{"signal": None | signum}, set by SIGTERM while the block runs (main thread, process 0)."""
-  flag = {"signal": None}
-  previous = None
-  if jax.process_index() == 0 and threading.current_thread() is threading.main_thread():
-    def on_term(signum, frame):
-      flag["signal"] = signum
-    previous = signal.signal(signal.SIGTERM, on_term)
-  try:
-    yield flag
-  finally:
-    if previous is not None:
-      signal.signal(signal.SIGTERM, previous)
+# Every training step of every loop in this process, in order: the step ids of JAX's preemption
+# sync points must agree across processes, and every process runs the same loops and steps.
+_SYNC_STEP = itertools.count()
+
+
+class PreemptionWatch:
+  """Whether every process should stop at this step, checkpoint together and exit (SIGTERM).
+
+  One process: a SIGTERM handler (main thread) sets a flag while the loop runs. Several
+  processes (jax.distributed): JAX's preemption sync manager, which jax.distributed.initialize
+  installs, catches SIGTERM on any process (or all, as on a TPU maintenance event), tells the
+  others through the coordination service, and `reached_preemption_sync_point` turns True at
+  the same step on every process, so they stop at the same step and enter one collective save.
+  A SIGTERM outside a training loop is acted on at the next training step (one process: the
+  default action, the process ends and the unfinished stage resumes on rerun).
+  """
+
+  def __init__(self):
+    self.multi = jax.process_count() > 1
+    self.signalled = False
+    self._previous = None
+
+  def __enter__(self) -> "PreemptionWatch":
+    if not self.multi and threading.current_thread() is threading.main_thread():
+      def on_term(signum, frame):
+        self.signalled = True
+      self._previous = signal.signal(signal.SIGTERM, on_term)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def reached(self) -> bool:
+    """Called once per training step by every process."""
+    if self.multi:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(next(_SYNC_STEP))
+    return self.signalled
 
 
 def loss_spec(cfg: Any, num_classes: int, teacher) -> LossSpec:
@@ -107,7 +131,7 @@ def _make_evaluator(config: Any, apply_fn: Callable, eval_data: Any, eval_size: 
   return run
 
 
-def train(config: Any, workdir: str | Path, train_data: Any, eval_data: Any = None, *,
+def train(config: Any, workdir: fs.PathLike, train_data: Any, eval_data: Any = None, *,
           desc: str = "train", final_eval: bool = True,
           teacher: tuple[Callable, Any] | None = None, log: Callable[[str], None] = print,
           fingerprint: str | None = None) -> tuple[Any, dict]:
@@ -125,8 +149,9 @@ def train(config: Any, workdir: str | Path, train_data: Any, eval_data: Any = No
   """
   cfg = config.train
   mesh = parallel.make_mesh()
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = fs.path(workdir)
+  if fs.is_writer():
+    workdir.mkdir(parents=True, exist_ok=True)
   feed = make_feed(train_data, cfg, mesh)
   total = feed.steps_per_epoch * cfg.epochs
   if cfg.max_steps:
@@ -158,7 +183,7 @@ def train(config: Any, workdir: str | Path, train_data: Any, eval_data: Any = No
   progress = Progress(total, start, desc)
   feed.open(start)
   try:
-    with sigterm_flag() as stop:
+    with PreemptionWatch() as watch:
       for step in range(start, total):
         state, m = step_fn(state, feed.args(step), teacher_vars)
         done = step + 1
@@ -176,12 +201,13 @@ def train(config: Any, workdir: str | Path, train_data: Any, eval_data: Any = No
           log_eval(done, ev)
           log(f"[{desc}] epoch {done // feed.steps_per_epoch}: eval top1 {ev['top1']:.2f}% "
               f"top5 {ev['top5']:.2f}%")
-        if (done % cfg.checkpoint_every_steps == 0 and done != total) or stop["signal"]:
+        preempted = watch.reached()
+        if (done % cfg.checkpoint_every_steps == 0 and done != total) or preempted:
           with meter.paused(block_on=state):
             ckpt.save(done, state)
-        if stop["signal"] is not None:
-          raise Preempted(f"[{desc}] received SIGTERM: checkpoint saved at step {done}; rerun the "
-                          "same command to resume")
+        if preempted:
+          raise Preempted(f"[{desc}] received SIGTERM: checkpoint saved at step {done}/{total}; "
+                          "rerun the same command to resume")
       ckpt.save(total, state)
   finally:
     progress.close()

@@ -6,17 +6,20 @@ import contextlib
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Iterator
 
 import jax
+
+from pca_jax import fs
 
 
 class Progress:
   """tqdm bar on a terminal; plain one-line messages (every log interval) otherwise."""
 
   def __init__(self, total: int, initial: int, desc: str):
-    self.tty = sys.stderr.isatty()
+    from pca_jax.parallel import should_log
+    self.quiet = not should_log()
+    self.tty = sys.stderr.isatty() and not self.quiet
     self.total, self.desc, self.t0, self.start = total, desc, time.time(), initial
     self.bar = None
     if self.tty:
@@ -28,7 +31,7 @@ class Progress:
       self.bar.update(n)
       if log:
         self.bar.set_postfix({k: f"{v:.3g}" for k, v in info.items()}, refresh=False)
-    elif log:
+    elif log and not self.quiet:
       done = step - self.start
       rate = done / max(time.time() - self.t0, 1e-9)
       eta = (self.total - step) / rate if rate > 0 else float("nan")
@@ -90,19 +93,22 @@ class MetricsLog:
   """metrics.jsonl: one JSON row per log interval or evaluation, written by process 0.
 
   A fresh run starts it empty; a resumed run drops the rows after the step it resumes from (they
-  are redone), so the file always describes exactly one run.
+  are redone), so the file always describes exactly one run. Object stores cannot append: there
+  the whole (small) file is rewritten at each row.
   """
 
-  def __init__(self, path: Path, resume_step: int):
-    self.path = Path(path)
+  def __init__(self, path: fs.PathLike, resume_step: int):
+    self.path = fs.path(path)
+    self._rows: list[str] = []
     if jax.process_index() != 0:
       return
-    if resume_step == 0:
-      self.path.unlink(missing_ok=True)
-    elif self.path.exists():
+    if resume_step and self.path.exists():
       rows = [line for line in self.path.read_text().splitlines() if line.strip()]
-      keep = [line for line in rows if json.loads(line).get("step", 0) <= resume_step]
-      self.path.write_text("".join(line + "\n" for line in keep))
+      self._rows = [line for line in rows if json.loads(line).get("step", 0) <= resume_step]
+    if self._rows:
+      fs.save_text(self.path, "".join(line + "\n" for line in self._rows))
+    else:
+      fs.remove(self.path)
 
   def last_train_row(self) -> dict:
     """The last logged {"loss", "acc", "lr", "img_per_s"} (after a resume: from the file)."""
@@ -115,6 +121,13 @@ class MetricsLog:
     return {}
 
   def append(self, row: dict) -> None:
-    if jax.process_index() == 0:
+    if jax.process_index() != 0:
+      return
+    line = json.dumps(row)
+    self._rows.append(line)
+    fs.audit(self.path)
+    if fs.is_remote(self.path):
+      fs.save_text(self.path, "".join(r + "\n" for r in self._rows))
+    else:
       with open(self.path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(line + "\n")
