@@ -6,7 +6,6 @@ jitted train step: no host round trip per batch.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Sequence
 

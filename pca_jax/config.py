@@ -243,8 +243,16 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 # -------------------------------------------------------------------------------------- validation
+def _check_prefetch_mb(block: str, value) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not \
+      (math.isfinite(value) and value > 0):
+    raise ValueError(f"{block}.prefetch_mb must be a positive number of MiB (host memory for "
+                     f"decoded batches read ahead), got {value!r}")
+
+
 def _check_train(name: str, tc, full_dataset: bool) -> None:
   """A training config block: every number in range, every choice known."""
+  _check_prefetch_mb(name, tc.get("prefetch_mb", 1024))
   from pca_jax.augment import CROP_KINDS
   if tc.crop not in CROP_KINDS:
     raise ValueError(f"unknown {name}.crop {tc.crop!r}; choose one of {CROP_KINDS}")
@@ -307,6 +315,7 @@ def validate(config) -> None:
   size = config.data.image_size
   if not isinstance(size, int) or size < 1:
     raise ValueError(f"data.image_size must be a positive integer, got {size!r}")
+  _check_prefetch_mb("data", config.data.get("prefetch_mb", 1024))
   if not 0 < config.data.eval_crop_fraction <= 1:
     raise ValueError(f"data.eval_crop_fraction must be in (0, 1], got "
                      f"{config.data.eval_crop_fraction!r}")

@@ -16,8 +16,8 @@ Atomic writes, and what they mean on each kind of store:
     copied, so directories on object stores are trusted only through what is written after them:
     the stage marker (stages/<name>.json), or a manifest.json whose fingerprint matches.
 
-Multi-process runs: exactly one process writes each file. The writers here do nothing on
-processes other than process 0 (`is_writer()`); `atomic_dir` hands those a scratch directory that
+Multi-process runs: exactly one process writes each file. The writers here (and `remove`) do
+nothing on processes other than process 0 (`is_writer()`); `atomic_dir` hands those a scratch directory that
 is discarded. A process that reads what another wrote waits at a barrier first (the stage runner
 has one after every stage).
 """
@@ -189,7 +189,10 @@ def read_json(source: PathLike) -> Any:
 
 
 def remove(target: PathLike) -> None:
-  """Deletes a file or a directory tree (missing is fine)."""
+  """Deletes a file or a directory tree (missing is fine). Like the writers, only on the writer
+  process: the others never change the run directory."""
+  if not is_writer():
+    return
   p = path(target)
   if is_remote(p):
     if p.is_dir():

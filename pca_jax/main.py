@@ -74,7 +74,8 @@ def run_pipeline(config, workdir: str | os.PathLike) -> dict:
     _open_sources(run, stages)
     runner.plan(stages)  # missing or stale inputs, budgets: refused before anything is written
   except ValueError:
-    if writer and not existed and not any(workdir.iterdir()):  # leave no empty run directory
+    # leave no empty local run directory behind (an empty prefix in a bucket does not exist)
+    if writer and not existed and not fs.is_remote(workdir) and not any(workdir.iterdir()):
       fs.remove(workdir)
     raise
   lock = RunLock(workdir, log_main).acquire() if writer else None

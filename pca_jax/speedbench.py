@@ -16,7 +16,6 @@ median of per-round ratios (a shared machine drifts +-10 % between minutes).
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import statistics
@@ -162,7 +161,6 @@ def bench_train():
 def bench_score():
   """EL2N scoring forward pass (eval mode)."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from pca_jax import augment, parallel, scoring
   mesh = parallel.make_mesh()

@@ -47,3 +47,11 @@ def colour_dataset(n=64, num_classes=4, size=8, seed=0, noise=20):
 def colour_source(n=64, num_classes=4, size=8, seed=0):
   images, labels = colour_dataset(n, num_classes, size, seed)
   return ArraySource(images, labels, [f"c{i}" for i in range(num_classes)], name="colours")
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on (for servers the tests start)."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]

@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -188,3 +187,14 @@ def test_configs_load_and_validate():
     assert tuple(c.combine.grid) == (2, 2) and c.data.image_size == 224
   for name in ("cifar10", "cifar100", "demo", "base"):
     validate(importlib.import_module(f"configs.{name}").get_config())
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("train.shard_set", "striped", "train.shard_set"),
+    ("train.prefetch_mb", 0, "train.prefetch_mb must be a positive number"),
+    ("data.prefetch_mb", -5, "data.prefetch_mb must be a positive number"),
+])
+def test_new_fields_are_validated(field, value, match):
+  from pca_jax.config import validate
+  with pytest.raises(ValueError, match=match):
+    validate(tiny_config(**{field: value}))

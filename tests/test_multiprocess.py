@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import numpy as np
 
 from pca_jax import main as pca_main
 from pca_jax.training import load_variables
+from tests.helpers import free_port
 from tests.test_main import ROOT, TINY, tiny_config
 
 LAUNCH = os.path.join(ROOT, "launch", "gpu_multi_host.sh")
@@ -24,15 +24,9 @@ LAUNCH = os.path.join(ROOT, "launch", "gpu_multi_host.sh")
 ARGS = [*TINY, "--config.jax_cache_dir=", "--config.model.dtype=float32"]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _start(workdir, extra, audit, tag):
   """Both processes of one launch; returns [(Popen, log path)] for process 0 and 1."""
-  port = _free_port()
+  port = free_port()
   procs = []
   for pid in (0, 1):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",

@@ -18,21 +18,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import free_port
 from tests.test_main import ROOT, TINY
 
 BUCKET = "pca-jax-test"
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gcs():
   """Starts the emulator; points this process and its children at it; yields the env."""
-  port = _free_port()
+  port = free_port()
   server = subprocess.Popen(
       [sys.executable, os.path.join(ROOT, "tests", "gcs_emulator.py"), str(port), BUCKET],
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -16,7 +16,7 @@ under the fingerprint of what made it (pca_jax.dc.stages). To add a method, add 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 

@@ -6,7 +6,6 @@ number is never shown under the name of a set it was not measured on.
 
 from __future__ import annotations
 
-import json
 
 PAPER_IMAGENET = {  # ResNet-18, hard labels, top-1 % (REFERENCE.md)
     10: {"random": 4.6, "el2n": 12.2, "pca": 22.8},
