@@ -2,8 +2,9 @@
 
 Every path pca_jax reads or writes (run directory, data_dir, score files, teacher workdir,
 external sets) goes through `path()`, which returns an `epath.Path`: a pathlib-like object that
-is a plain local path for local names and an fsspec object (gcsfs for gs://) for URLs. Orbax and
-the JAX compilation cache take the same objects.
+is a plain local path for local names and an fsspec object (gcsfs for gs://) for URLs; where
+TensorFlow is installed, etils serves gs:// through tf.io.gfile instead (same semantics here).
+Orbax and the JAX compilation cache take the same objects.
 
 Atomic writes, and what they mean on each kind of store:
   * single files (`write_file`, `save_npy`, `save_json`, `save_text`): locally a temporary file in
@@ -25,7 +26,6 @@ has one after every stage).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -181,7 +181,8 @@ def load_npy(source: PathLike, mmap: bool = False) -> np.ndarray:
   p = path(source)
   if not is_remote(p):
     return np.load(os.fspath(p), mmap_mode="r" if mmap else None, allow_pickle=False)
-  return np.load(io.BytesIO(p.read_bytes()), allow_pickle=False)
+  with p.open("rb") as f:  # straight into the array, no second in-memory copy
+    return np.load(f, allow_pickle=False)
 
 
 def read_json(source: PathLike) -> Any:

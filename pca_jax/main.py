@@ -13,6 +13,7 @@ a checkpoint and exits with code 143 (rerun to resume).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from absl import app, flags
@@ -44,6 +45,23 @@ def _open_sources(run, stages: list[str]) -> None:
     run.eval_source
 
 
+def _preempt_on_sigterm():
+  """One process: a SIGTERM outside a training loop (which installs its own handler, one that
+  checkpoints first) raises Preempted, so the run lock is released and the run exits 143; the
+  unfinished stage resumes on rerun. Several processes: JAX's preemption service owns SIGTERM
+  (see training.loop.PreemptionWatch). Returns the previous handler, or None if none was set."""
+  import threading
+  import jax
+  if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+    return None
+  from pca_jax.training import Preempted
+
+  def on_term(signum, frame):
+    raise Preempted("received SIGTERM outside a training loop; rerun the same command to resume "
+                    "the unfinished stage")
+  return signal.signal(signal.SIGTERM, on_term)
+
+
 def run_pipeline(config, workdir: str | os.PathLike) -> dict:
   """Runs the configured stages; returns {stage: summary}. Raises ValueError for bad input."""
   import jax
@@ -57,8 +75,7 @@ def run_pipeline(config, workdir: str | os.PathLike) -> dict:
   writer = jax.process_index() == 0
   workdir = fs.path(workdir)
   existed = workdir.exists()
-  if writer:
-    fs.check_writable(workdir)
+  parallel.on_writer(lambda: fs.check_writable(workdir), "checking the run directory")
   parallel.check_shared_directory(workdir)
   if config.jax_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.fspath(fs.path(config.jax_cache_dir)))
@@ -69,7 +86,8 @@ def run_pipeline(config, workdir: str | os.PathLike) -> dict:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     barrier = multihost_utils.sync_global_devices
-  runner = Runner(all_stages(), config, workdir, run, log_main, is_writer=writer, barrier=barrier)
+  runner = Runner(all_stages(), config, workdir, run, log_main, is_writer=writer, barrier=barrier,
+                  on_writer=parallel.on_writer)
   try:
     _open_sources(run, stages)
     runner.plan(stages)  # missing or stale inputs, budgets: refused before anything is written
@@ -78,13 +96,17 @@ def run_pipeline(config, workdir: str | os.PathLike) -> dict:
     if writer and not existed and not fs.is_remote(workdir) and not any(workdir.iterdir()):
       fs.remove(workdir)
     raise
-  lock = RunLock(workdir, log_main).acquire() if writer else None
+  lock = parallel.on_writer(lambda: RunLock(workdir, log_main).acquire(), "locking the run "
+                            "directory")
+  previous = _preempt_on_sigterm()
   try:
     fs.save_json(run.path("config.json"), config.to_dict())
     log_main(f"pca_jax: stages {','.join(stages)} -> {workdir}  ({jax.device_count()} "
              f"{jax.devices()[0].platform} devices, {jax.process_count()} processes)")
     return runner.run(stages, force=config.force)
   finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
     if lock:
       lock.release()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -58,6 +58,27 @@ def check_shared_directory(workdir: Any) -> None:
     blind = [int(i) for i in np.flatnonzero(seen == 0)]
     raise ValueError(f"processes {blind} cannot see {workdir}, which process 0 writes; use a "
                      "directory all processes share (gs://bucket/path or a shared filesystem)")
+
+
+def on_writer(fn: Callable[[], Any], what: str) -> Any:
+  """fn() on process 0 only; every process then learns whether it succeeded, so a failure there
+  ends all processes with an error instead of leaving the others at the next collective. Returns
+  fn()'s result on process 0 and None elsewhere; process 0 re-raises its own exception, the others
+  raise ValueError naming `what`."""
+  result, error = None, None
+  if jax.process_index() == 0:
+    try:
+      result = fn()
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the others are told
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    ok = np.asarray(multihost_utils.process_allgather(np.asarray(error is None, np.int32)))
+    if error is None and not ok.all():
+      raise ValueError(f"{what} failed on process 0; its log has the reason")
+  if error is not None:
+    raise error
+  return result
 
 
 def should_log() -> bool:

@@ -148,6 +148,10 @@ class RunLock:
 
   def _beat(self) -> None:
     while not self._stop.wait(self.heartbeat_s):
+      if self._read_lease().get("token") not in (None, self._lease["token"]):
+        self.log(f"[run] the lease {self.path} was taken over by another run (no heartbeat for "
+                 f"over {self.stale_s:.0f}s); this run no longer holds the directory")
+        return
       self._lease["heartbeat"] = time.time()
       try:
         self.path.write_text(json.dumps(self._lease))
@@ -187,12 +191,15 @@ class Runner:
 
   def __init__(self, stages: Sequence[Stage], config: Any, workdir: fs.PathLike, context: Any,
                log: Callable[[str], None] = print, is_writer: bool = True,
-               barrier: Callable[[str], None] | None = None):
+               barrier: Callable[[str], None] | None = None,
+               on_writer: Callable[[Callable[[], Any], str], Any] | None = None):
     self.stages = {s.name: s for s in stages}
     self.order = [s.name for s in stages]
     self.config, self.workdir, self.context, self.log = config, fs.path(workdir), context, log
     self.is_writer = is_writer                # process 0 writes markers and removes outputs
     self.barrier = barrier or (lambda tag: None)
+    # runs host-only work on the writer and tells every process whether it worked
+    self.on_writer = on_writer or (lambda fn, what: fn() if is_writer else None)
     self._current: dict[str, dict | None] = {}
     self._field_values: dict[str, dict] = {}
 
@@ -318,6 +325,7 @@ class Runner:
     """Runs the scheduled stages in pipeline order; returns {stage: summary}."""
     names = self.scheduled(names)
     self.plan(names)
+    self.barrier("pca_jax_planned")  # nobody removes an output another process is still judging
     summaries = {}
     for name in names:
       self._current.clear()
@@ -346,9 +354,12 @@ class Runner:
                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
         self.log(f"[{name}] running")
       t0 = time.time()
-      summary = None
-      if self.is_writer or not self.stages[name].writer_only:
-        summary = self.stages[name].run(self.context, StageRun(name, fp, upstream, resumed))
+      stage_run = StageRun(name, fp, upstream, resumed)
+      if self.stages[name].writer_only:
+        summary = self.on_writer(lambda: self.stages[name].run(self.context, stage_run),
+                                 f"stage {name}")
+      else:
+        summary = self.stages[name].run(self.context, stage_run)
       wall = time.time() - t0
       self.barrier(f"pca_jax_{name}")  # every process finished the stage's work
       self._write_marker(name, {

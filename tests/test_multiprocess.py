@@ -24,7 +24,7 @@ LAUNCH = os.path.join(ROOT, "launch", "gpu_multi_host.sh")
 ARGS = [*TINY, "--config.jax_cache_dir=", "--config.model.dtype=float32"]
 
 
-def _start(workdir, extra, audit, tag):
+def _start(workdir, extra, audit, tag, logdir=None):
   """Both processes of one launch; returns [(Popen, log path)] for process 0 and 1."""
   port = free_port()
   procs = []
@@ -34,7 +34,7 @@ def _start(workdir, extra, audit, tag):
                PROCESS_ID=str(pid), CONFIG="configs/demo.py", WORKDIR=str(workdir),
                VENV=os.path.dirname(os.path.dirname(sys.executable)), PYTHONPATH=ROOT,
                PCA_JAX_WRITE_AUDIT=str(audit))
-    log = workdir.parent / f"{tag}-p{pid}.log"
+    log = (logdir or workdir.parent) / f"{tag}-p{pid}.log"
     procs.append((subprocess.Popen(["bash", LAUNCH, *ARGS, *extra], env=env, cwd=ROOT,
                                    stdout=open(log, "w"), stderr=subprocess.STDOUT), log))
   return procs
@@ -125,3 +125,18 @@ def test_two_processes_match_one_and_survive_sigterm(tmp_path):
   assert f"resumed from checkpoint at step {steps[0]}/40" in resumed
   for a, b in zip(_params(wd), _params(wd2)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+
+
+def test_a_failure_on_process_0_stops_both(tmp_path):
+  """Host-side work runs on process 0 only; when it fails there, the other process must not wait
+  forever at the next collective: both exit 2 with one line."""
+  blocker = tmp_path / "a-file"
+  blocker.write_text("not a directory")
+  start = time.time()
+  procs = _start(blocker / "run", [], tmp_path / "audit.tsv", "fail", logdir=tmp_path)
+  codes = _wait(procs, timeout=300)
+  logs = [log.read_text() for _, log in procs]
+  assert codes == [2, 2], logs[0][-2000:] + logs[1][-2000:]
+  assert "error: cannot write to" in logs[0]
+  assert "error: checking the run directory failed on process 0" in logs[1]
+  assert time.time() - start < 120  # no hang until a coordination timeout

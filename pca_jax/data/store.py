@@ -87,6 +87,8 @@ def write_compressed(out_dir: str | os.PathLike, images: np.ndarray, labels: np.
   })
   if "source_indices" in m:
     m["source_indices"] = np.asarray(m["source_indices"]).tolist()
+  if not fs.is_writer():  # one process writes (see pca_jax.fs); the others skip the encoding work
+    return fs.path(out_dir)
   with atomic_dir(out_dir) as tmp:
     np.save(tmp / "images.npy", images)
     np.save(tmp / "labels.npy", labels)

@@ -15,9 +15,9 @@ All are pure functions of (seed, step), so resuming replays the same batches.
 
 make_feed picks the compressed set's layout from train.shard_set: "replicated" (MemoryFeed),
 "sharded" (ShardedMemoryFeed), or "auto": sharded when the set (images + int32 labels) takes more
-than a quarter of the smallest memory limit (memory_stats()["bytes_limit"]) of this process's
-devices, replicated when it takes less or when the devices report no limit (CPU). Every process
-must reach the same choice; with devices of one kind on all hosts they do.
+than a quarter of the smallest memory limit (memory_stats()["bytes_limit"]) of the devices of all
+processes, replicated when it takes less or when a device reports no limit (CPU); every process
+takes the same smallest limit, so all choose the same layout.
 """
 
 from __future__ import annotations
@@ -239,15 +239,17 @@ class SourceFeed:
 
 
 def device_memory_limit(mesh) -> int | None:
-  """The smallest memory limit (bytes) of this process's devices in the mesh; None when a device
-  reports none (CPU)."""
+  """The smallest memory limit (bytes) of the mesh's devices over all processes; None when a
+  device reports none (CPU)."""
   limits = []
   for device in mesh.local_devices:
     stats = device.memory_stats()
-    if not stats or "bytes_limit" not in stats:
-      return None
-    limits.append(int(stats["bytes_limit"]))
-  return min(limits) if limits else None
+    limits.append(int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else -1)
+  limit = min(limits) if limits else -1
+  if jax.process_count() > 1:  # every process must choose the same layout: the smallest limit
+    from jax.experimental import multihost_utils
+    limit = int(np.min(multihost_utils.process_allgather(np.asarray(limit, np.int64))))
+  return None if limit < 0 else limit
 
 
 def _shard_set(cfg: Any) -> str:
