@@ -82,12 +82,8 @@ def run_pipeline(config, workdir: str | os.PathLike) -> dict:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   stages = parse_stages(config.stages)
   run = Run(config, workdir, log_main)
-  barrier = None
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    barrier = multihost_utils.sync_global_devices
-  runner = Runner(all_stages(), config, workdir, run, log_main, is_writer=writer, barrier=barrier,
-                  on_writer=parallel.on_writer)
+  runner = Runner(all_stages(), config, workdir, run, log_main, is_writer=writer,
+                  barrier=parallel.barrier, on_writer=parallel.on_writer)
   try:
     _open_sources(run, stages)
     runner.plan(stages)  # missing or stale inputs, budgets: refused before anything is written

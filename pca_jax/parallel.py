@@ -36,6 +36,13 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def barrier(tag: str) -> None:
+  """Every process waits here until all arrive (a no-op in a single-process run)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(tag)
+
+
 def check_shared_directory(workdir: Any) -> None:
   """Multi-process runs: every process must see the files process 0 writes in the run directory
   (an object store or a shared filesystem). Process 0 writes a token named by a nonce it
@@ -49,9 +56,9 @@ def check_shared_directory(workdir: Any) -> None:
   token = fs.join(workdir, f".shared-check-{nonce}")
   if jax.process_index() == 0:
     token.write_text("ok")
-  multihost_utils.sync_global_devices("pca_jax_shared_check_written")
+  barrier("pca_jax_shared_check_written")
   seen = np.asarray(multihost_utils.process_allgather(np.asarray(token.exists(), np.int32)))
-  multihost_utils.sync_global_devices("pca_jax_shared_check_read")
+  barrier("pca_jax_shared_check_read")
   if jax.process_index() == 0:
     fs.remove(token)
   if not seen.all():

@@ -45,10 +45,8 @@ class Run:
 
   def barrier(self, tag: str) -> None:
     """Every process waits here until all arrive (a no-op in a single-process run)."""
-    import jax
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices(tag)
+    from pca_jax.parallel import barrier
+    barrier(tag)
 
   def path(self, *parts) -> fs.Path:
     return self.workdir.joinpath(*parts)

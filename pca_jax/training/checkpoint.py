@@ -46,7 +46,7 @@ class Checkpointer:
     reads what is there before the writer changes anything, so all take the same branch."""
     latest = self._manager.latest_step()
     stored = self.stored_fingerprint()
-    _sync("pca_jax_checkpoint_inspected")
+    parallel.barrier("pca_jax_checkpoint_inspected")
     if latest is not None and stored == self.fingerprint:
       abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
       restored = self._manager.restore(latest, args=ocp.args.StandardRestore(abstract))
@@ -56,9 +56,8 @@ class Checkpointer:
                f"(fingerprint {stored or 'unknown'}, now {self.fingerprint}): not resumed, "
                "training from step 0")
       self._manager.close()
-      if fs.is_writer():
-        fs.remove(self.dir)
-      _sync("pca_jax_stale_checkpoints_removed")  # nobody reopens while process 0 empties it
+      fs.remove(self.dir)  # process 0 only (fs)
+      parallel.barrier("pca_jax_stale_checkpoints_removed")  # nobody reopens while process 0 empties it
       self._manager = self._open()
     fs.save_json(self.workdir / FINGERPRINT_FILE, {"fingerprint": self.fingerprint})
     return state, 0
@@ -74,12 +73,6 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
-
-
-def _sync(tag: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(tag)
 
 
 def load_variables(workdir: fs.PathLike, step: int | None = None) -> dict:

@@ -100,7 +100,7 @@ class MetricsLog:
   def __init__(self, path: fs.PathLike, resume_step: int):
     self.path = fs.path(path)
     self._rows: list[str] = []
-    if jax.process_index() != 0:
+    if not fs.is_writer():
       return
     if resume_step and self.path.exists():
       rows = [line for line in self.path.read_text().splitlines() if line.strip()]
@@ -120,7 +120,7 @@ class MetricsLog:
     return {}
 
   def append(self, row: dict) -> None:
-    if jax.process_index() != 0:
+    if not fs.is_writer():
       return
     line = json.dumps(row)
     self._rows.append(line)
