@@ -4,6 +4,9 @@
 `stem="small"`: 3x3 stride-1 conv, no max-pool (CIFAR-sized inputs, 8-64px).
 `width` scales every layer (64 = torchvision); narrow widths make CPU demos and tests fast.
 `dtype` is the compute dtype (e.g. jnp.bfloat16); parameters are always float32.
+Every convolution pads like torch.nn.Conv2d(padding=k // 2): k // 2 on each side ("SAME" would
+pad (0, 1) in the stride-2 3x3 convs and shift them one pixel), so torchvision weights load
+exactly (pca_jax.models.torch_weights).
 """
 
 from __future__ import annotations
@@ -175,6 +178,18 @@ class BatchNorm(nn.Module):
     return y
 
 
+def torch_padded_conv(features: int, kernel_size: Sequence[int],
+                      strides: Sequence[int] = (1, 1), **kwargs: Any) -> nn.Conv:
+  """nn.Conv padded like torchvision, (k // 2, k // 2) per spatial axis, unless `padding` is given.
+
+  Flax's "SAME" pads (0, 1) where torch pads (1, 1) when a 3x3 stride-2 conv meets an even input,
+  which shifts the output by one pixel and makes torchvision weights give other logits. Returns
+  a plain nn.Conv (auto-named Conv_<n> in the calling module), so parameter names are unchanged.
+  """
+  kwargs.setdefault("padding", tuple((k // 2, k // 2) for k in kernel_size))
+  return nn.Conv(features, tuple(kernel_size), tuple(strides), **kwargs)
+
+
 class _Block(nn.Module):
   """Fields shared by the residual blocks."""
 
@@ -262,7 +277,7 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = True):
     if self.stem not in ("imagenet", "small"):
       raise ValueError(f"unknown stem {self.stem!r}; use 'imagenet' or 'small'")
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding="SAME",
+    conv = functools.partial(torch_padded_conv, use_bias=False, dtype=self.dtype,
                              kernel_init=TORCH_CONV_INIT)
     norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
