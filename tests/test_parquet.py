@@ -1,0 +1,273 @@
+"""Published subsets in the Hugging Face parquet layout: ParquetSource and export_parquet.
+
+No network: `datasets` runs offline with its cache under tmp_path; the gs:// case uses the local
+GCS emulator (tests/gcs_emulator.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pca_jax.data import parquet
+from pca_jax.data.parquet import ParquetSource, export_parquet, is_parquet_dir
+from pca_jax.data.sources import DataError
+from pca_jax.data.store import write_compressed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# class ids in this order; not alphabetical, so a sorted-names bug changes the labels
+NAMES = ["zebra", "apple tree", "Äpfel/ü \"quoted\""]
+MANIFEST = {"method": "pca", "ipc": 3, "grid": [2, 2], "seed": 0,
+            "source": {"name": "demo_digits/train", "split": "train", "num_examples": 1347}}
+
+
+@pytest.fixture
+def hf_offline(tmp_path, monkeypatch):
+  """`datasets` with no network and its caches under tmp_path; returns (datasets, cache_dir)."""
+  cache = tmp_path / "hf_cache"
+  for k, v in {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(cache),
+               "HF_DATASETS_CACHE": str(cache / "datasets"), "HF_HUB_DISABLE_TELEMETRY": "1",
+               "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}.items():
+    monkeypatch.setenv(k, v)
+  datasets = pytest.importorskip("datasets")
+  return datasets, str(cache / "datasets")
+
+
+def _compressed(tmp_path, h=6, w=5, per_class=3):
+  """A small compressed set: random uint8 [9, h, w, 3] (non-square), labels 0,1,2,0,1,2,..."""
+  rng = np.random.default_rng(0)
+  labels = np.tile(np.arange(len(NAMES)), per_class)
+  images = rng.integers(0, 256, (len(labels), h, w, 3), dtype=np.uint8)
+  path = write_compressed(tmp_path / "compressed", images, labels, MANIFEST, NAMES)
+  return path, images, labels
+
+
+def test_export_round_trip(tmp_path, hf_offline):
+  datasets, cache = hf_offline
+  src, images, labels = _compressed(tmp_path)
+  out = export_parquet(src, tmp_path / "hub", rows_per_file=4)
+  assert sorted(os.listdir(out)) == ["README.md", "data"]
+  files = sorted(os.listdir(out / "data"))
+  assert files == [f"train-{i:05d}-of-00003.parquet" for i in range(3)]
+  assert not [f for f in os.listdir(tmp_path) if f.startswith(".hub")]  # no temporary left
+
+  # pyarrow: the layout the hub uses
+  table = pq.read_table([str(out / "data" / f) for f in files])
+  assert table.column_names == ["image", "class_id"] and table.num_rows == len(labels)
+  assert table.schema.field("image").type == pa.struct([("bytes", pa.binary()),
+                                                        ("path", pa.string())])
+  assert table.schema.field("class_id").type == pa.int64()
+  assert table.column("class_id").to_pylist() == labels.tolist()
+  assert table.column("image").combine_chunks().field("path").to_pylist()[:2] == ["0.png", "1.png"]
+  meta = pq.read_schema(out / "data" / files[0]).metadata[b"huggingface"]
+  assert json.loads(meta) == {"info": {"features": {
+      "image": {"_type": "Image"}, "class_id": {"names": NAMES, "_type": "ClassLabel"}}}}
+  # byte-identical to what `datasets` itself writes for these features
+  features = datasets.Features({"image": datasets.Image(),
+                                "class_id": datasets.ClassLabel(names=NAMES)})
+  assert meta == features.arrow_schema.metadata[b"huggingface"]
+  assert datasets.Features.from_arrow_schema(pq.read_schema(out / "data" / files[0])) == features
+
+  # ParquetSource: pixels, labels and class names back exactly
+  s = ParquetSource(out)
+  assert is_parquet_dir(out) and not is_parquet_dir(src)
+  assert len(s) == len(labels) and s.labels.dtype == np.int64
+  np.testing.assert_array_equal(s.labels, labels)
+  assert s.class_names == NAMES and s.num_classes == 3 and s.has_class_names and s.class_ids_named
+  for i in range(len(s)):
+    img, label = s[i]
+    assert img.dtype == np.uint8 and label == labels[i]
+    np.testing.assert_array_equal(img, images[i])
+  with pytest.raises(IndexError):
+    s[len(s)]
+
+  # `datasets`, as the reference CLI's adapter reads it: the files, and the directory (README)
+  by_files = datasets.load_dataset("parquet", data_files=[str(out / "data" / f) for f in files],
+                                   split="train", cache_dir=cache)
+  by_dir = datasets.load_dataset(str(out), split="train", cache_dir=cache)
+  for ds in (by_files, by_dir):
+    assert ds.features == features and ds.features["class_id"].names == NAMES
+    assert len(ds) == len(labels) and list(ds["class_id"]) == labels.tolist()
+    for i in (0, len(ds) - 1):
+      assert isinstance(ds[i]["image"], Image.Image)
+      np.testing.assert_array_equal(np.asarray(ds[i]["image"].convert("RGB")), images[i])
+  card = (out / "README.md").read_text()
+  assert "pca" in card and "ipc" in card and "demo_digits/train" in card
+  assert by_dir.info.splits["train"].num_examples == len(labels)
+
+
+def test_export_is_atomic(tmp_path, monkeypatch):
+  src, _, _ = _compressed(tmp_path)
+  out = tmp_path / "hub"
+  calls = []
+
+  def failing_png(img):
+    calls.append(1)
+    if len(calls) > 5:
+      raise KeyboardInterrupt  # an interrupted export, mid-way through the second file
+    return b"png"
+
+  monkeypatch.setattr(parquet, "_png", failing_png)
+  with pytest.raises(KeyboardInterrupt):
+    export_parquet(src, out, rows_per_file=4, num_threads=1)
+  assert sorted(os.listdir(tmp_path)) == ["compressed"]  # nothing under the final name, no temp
+  monkeypatch.undo()
+  export_parquet(src, out, rows_per_file=100)
+  assert os.listdir(out / "data") == ["train-00000-of-00001.parquet"]
+
+
+def _jpeg(img: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, format="JPEG", quality=95)
+  return buf.getvalue()
+
+
+def _smooth(h, w, seed):
+  """A smooth colour gradient (JPEG keeps it to within a few levels)."""
+  y, x = np.mgrid[0:h, 0:w]
+  rng = np.random.default_rng(seed)
+  a, b, c = rng.uniform(20, 200, 3)
+  return np.stack([a + 40 * y / h, b + 40 * x / w, c + 20 * (x + y) / (h + w)],
+                  -1).astype(np.uint8)
+
+
+def _write_hub_file(path, images, ids, *, image_col="image", label_col="class_id",
+                    struct=True, metadata=True):
+  """A parquet file as the reference publishes it (pyarrow, not `datasets`)."""
+  data = [_jpeg(im) for im in images]
+  if struct:
+    col = pa.StructArray.from_arrays(
+        [pa.array(data, pa.binary()), pa.array([f"{i}.JPEG" for i in range(len(data))])],
+        names=["bytes", "path"])
+  else:
+    col = pa.StructArray.from_arrays([pa.array([f"{i}.JPEG" for i in range(len(data))])],
+                                     names=["path"])
+  table = pa.table({image_col: col, label_col: pa.array(ids, pa.int64()),
+                    "extra": pa.array(["x"] * len(ids))})
+  if metadata:
+    features = {"image": {"_type": "Image"}, "class_id": {"dtype": "int64", "_type": "Value"},
+                "extra": {"dtype": "string", "_type": "Value"}}
+    table = table.replace_schema_metadata(
+        {b"huggingface": json.dumps({"info": {"features": features}}).encode()})
+  path.parent.mkdir(parents=True, exist_ok=True)
+  pq.write_table(table, path)
+
+
+def test_reads_a_downloaded_hub_dataset(tmp_path):
+  """data/train-0000{0,1}-of-00002.parquet with JPEGs and ImageNet-style integer class ids."""
+  sizes = [(20, 30), (24, 16), (32, 32), (16, 40), (28, 20)]
+  images = [_smooth(h, w, i) for i, (h, w) in enumerate(sizes)]
+  ids = [7, 3, 0, 9, 3]
+  root = tmp_path / "rethinkdc_subset"
+  _write_hub_file(root / "data" / "train-00000-of-00002.parquet", images[:3], ids[:3])
+  _write_hub_file(root / "data" / "train-00001-of-00002.parquet", images[3:], ids[3:])
+  _write_hub_file(root / "data" / "validation-00000-of-00001.parquet", images[:1], [1])
+  (root / "README.md").write_text("---\nlicense: other\n---\n")
+  assert is_parquet_dir(root) and not is_parquet_dir(tmp_path)
+
+  s = ParquetSource(root)
+  assert len(s) == 5 and s.labels.tolist() == ids and s.labels.dtype == np.int64
+  assert not s.has_class_names and s.class_names == [str(i) for i in range(10)]
+  assert s.num_classes == 10 and str(root) in s.name
+  for i, ref in enumerate(images):
+    img, label = s[i]
+    assert img.dtype == np.uint8 and img.shape == ref.shape and label == ids[i]
+    assert np.abs(img.astype(int) - ref).mean() < 3, i
+  assert ParquetSource(root, split="validation").labels.tolist() == [1]
+  with pytest.raises(DataError, match="only the splits train, validation"):
+    ParquetSource(root, split="test")
+
+  # no split prefix (the hub's refs/convert/parquet layout): every file, directly under root
+  flat = tmp_path / "flat"
+  _write_hub_file(flat / "0000.parquet", images[:2], ids[:2])
+  _write_hub_file(flat / "0001.parquet", images[2:], ids[2:])
+  assert ParquetSource(flat).labels.tolist() == ids
+
+
+def test_bad_input_names_the_problem(tmp_path):
+  img = [_smooth(8, 8, 0)]
+  (tmp_path / "empty" / "data").mkdir(parents=True)
+  with pytest.raises(DataError, match=r"empty has no parquet files under data/; expected the "
+                     r"layout huggingface-cli download leaves: data/train-\*\.parquet"):
+    ParquetSource(tmp_path / "empty")
+  _write_hub_file(tmp_path / "label" / "data" / "train-00000-of-00001.parquet", img, [0],
+                  label_col="label")
+  with pytest.raises(DataError, match=r"has columns \['image', 'label', 'extra'\], expected "
+                     r"'image' .* and 'class_id' \(int\); class_id missing"):
+    ParquetSource(tmp_path / "label")
+  _write_hub_file(tmp_path / "img" / "data" / "train-00000-of-00001.parquet", img, [0],
+                  image_col="img")
+  with pytest.raises(DataError, match=r"has columns \['img', 'class_id', 'extra'\], .*; image "
+                     "missing"):
+    ParquetSource(tmp_path / "img")
+  _write_hub_file(tmp_path / "paths" / "data" / "train-00000-of-00001.parquet", img, [0],
+                  struct=False)
+  with pytest.raises(DataError, match=r"column 'image' is struct<path: string>, expected a "
+                     "struct with a 'bytes' field"):
+    ParquetSource(tmp_path / "paths")
+  _write_hub_file(tmp_path / "neg" / "data" / "train-00000-of-00001.parquet", img * 2, [0, -1])
+  with pytest.raises(DataError, match=r"row 1 has class_id -1; class ids must be >= 0"):
+    ParquetSource(tmp_path / "neg")
+  for bad in ("train-x", ""):
+    with pytest.raises(DataError, match="not a valid split name"):
+      export_parquet(tmp_path / "nowhere", tmp_path / "out", split=bad)
+
+
+@pytest.fixture
+def gcs_bucket():
+  """The GCS emulator on a free port; this process pointed at it; yields the bucket URL."""
+  from tests.helpers import free_port
+  port, bucket = free_port(), "pca-jax-parquet"
+  server = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "gcs_emulator.py"),
+                             str(port), bucket], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  deadline = time.time() + 30
+  while True:
+    try:
+      socket.create_connection(("127.0.0.1", port), timeout=1).close()
+      break
+    except OSError:
+      if time.time() > deadline or server.poll() is not None:
+        server.kill()
+        raise RuntimeError("the GCS emulator did not start")
+      time.sleep(0.2)
+  env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}", "FSSPEC_GCS_TOKEN": "anon",
+         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+  old = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  import fsspec.config
+  fsspec.config.set_conf_env(fsspec.config.conf)
+  try:
+    yield f"gs://{bucket}"
+  finally:
+    for k, v in old.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_export_and_read_in_a_bucket(tmp_path, gcs_bucket):
+  from pca_jax import fs
+  src, images, labels = _compressed(tmp_path)
+  out = export_parquet(src, f"{gcs_bucket}/hub", rows_per_file=5)
+  names = sorted(os.fspath(p)[len(gcs_bucket) + 5:] for p in fs.files_under(out))
+  assert names == ["README.md", "data/train-00000-of-00002.parquet",
+                   "data/train-00001-of-00002.parquet"]
+  assert is_parquet_dir(out)
+  s = ParquetSource(f"{gcs_bucket}/hub")
+  assert s.class_names == NAMES and s.labels.tolist() == labels.tolist()
+  np.testing.assert_array_equal(np.stack([s[i][0] for i in range(len(s))]), images)
