@@ -22,7 +22,7 @@ import ml_collections
 
 STAGES = ("score", "teacher", "select", "combine", "store", "train", "eval", "benchmark", "report")
 PCA_STAGES = ("score", "select", "combine", "store", "train", "eval", "report")
-SELECT_MODES = ("easy", "hard", "random")
+SELECT_MODES = ("easy", "hard", "random", "ccs")
 FITS = ("squash", "center_crop")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
@@ -124,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.score.batch_size = 512           # forward pass batch (global)
   c.score.scores_path = ""           # precomputed [N] scores (.npy) instead of training
   c.score.forgetting = False         # also count forgetting events (one correctness pass/epoch)
+  c.score.aum = False                # also AUM (negated; margins from the same per-epoch pass)
   c.score.train = default_train_config()
   c.score.train.update(dict(
       epochs=10, batch_size=1024, optimizer="sgd", lr=0.1, scale_lr_by_batch=True,
@@ -133,7 +134,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.select = ml_collections.ConfigDict()
   c.select.ipc = 10
-  c.select.mode = "easy"             # reversed EL2N (PCA); "hard" = classic EL2N; "random"
+  c.select.mode = "easy"             # reversed EL2N (PCA); "hard" = classic EL2N; "random"; "ccs"
+  c.select.score = ""                # "" = score.kind (scores.npy); else a scoring.SCORES name
+  c.select.ccs_beta = 0.1            # ccs: the hardest fraction of each class dropped first
+  c.select.ccs_strata = 50           # ccs: score bins per class, sampled evenly
 
   c.combine = ml_collections.ConfigDict()
   c.combine.grid = (2, 2)
@@ -147,8 +151,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   # The DC benchmark (stages teacher, benchmark): see pca_jax/dc/.
   c.benchmark = ml_collections.ConfigDict()
-  c.benchmark.methods = ("random,el2n_easy,el2n_hard,entropy_easy,entropy_hard,forgetting_hard,"
-                         "rded_like,pca")
+  # The reference benchmark's methods (pruning: forgetting, EL2N, AUM, CCS, hardest kept, as
+  # published; distillation: SRe2L, CDA, RDED) with random, easiest-first EL2N and PCA. Methods
+  # ranking by forgetting / AUM need score.forgetting / score.aum (the benchmark configs set them).
+  c.benchmark.methods = ("random,el2n_hard,forgetting_hard,aum_hard,ccs,sre2l,cda,rded,el2n_easy,"
+                         "pca")
   c.benchmark.ipcs = (10, 50, 100)
   c.benchmark.label_modes = ("hard", "soft")
   c.benchmark.seeds = (0,)
@@ -157,9 +164,30 @@ def base_config() -> ml_collections.ConfigDict:
   c.benchmark.external = ""          # "name=/path/imagefolder,name2=/path2"
   c.benchmark.teacher_workdir = ""   # a finished pca_jax train workdir; empty = train one
   c.benchmark.soft_label_bytes_per_value = 2    # fp16, for the storage column
-  c.benchmark.rded_pool = 300        # random candidate images per class for rded_like
-  c.benchmark.rded_crops_per_image = 5
-  c.benchmark.rded_crop_scale = (0.25, 1.0)
+  c.benchmark.teacher_weights = ""   # a torchvision ResNet state_dict (.pth) as the teacher
+  # rded (Sun et al. 2024; LINs-lab/RDED ImageNet scripts): mipc random real images per class,
+  # num_crop square random-resized crops of each at image_size / factor, the teacher's lowest-loss
+  # crop per image, the ipc x factor^2 lowest per class stitched factor x factor.
+  c.benchmark.rded_mipc = 300
+  c.benchmark.rded_num_crop = 5
+  c.benchmark.rded_factor = 2
+  # sre2l / cda recovery from the teacher (VILA-Lab/SRe2L recover.sh; ImageNet uses 4,000 iterations)
+  c.benchmark.synthesis = ml_collections.ConfigDict()
+  c.benchmark.synthesis.iterations = 1000
+  c.benchmark.synthesis.lr = 0.25
+  c.benchmark.synthesis.betas = (0.5, 0.9)
+  c.benchmark.synthesis.r_bn = 0.01
+  c.benchmark.synthesis.first_bn_multiplier = 10.0
+  c.benchmark.synthesis.jitter = 32            # roll jitter in pixels at 224 px (scaled with size)
+  c.benchmark.synthesis.crop_scale = (0.08, 1.0)   # sre2l's crop; cda anneals the minimum
+  c.benchmark.synthesis.cda_milestone = 1.0    # cda: fraction of iterations annealing 1.0 -> 0.08
+  c.benchmark.synthesis.batch_size = 100       # (ipc index, class) pairs optimised together
+  # > 0: every cell also evaluates on the test split every this many epochs; rows then carry
+  # top1_best (max over those and the final evaluation, as the reference benchmark reports)
+  c.benchmark.eval_every_epochs = 0
+  c.benchmark.ccs_score = "aum"      # ccs / pca_ccs: the score CCS stratifies (needs its flag)
+  c.benchmark.ccs_beta = 0.1
+  c.benchmark.ccs_strata = 50
   c.benchmark.teacher = default_train_config()
   c.benchmark.teacher.update(dict(
       epochs=90, batch_size=1024, optimizer="sgd", lr=0.1, scale_lr_by_batch=True,
@@ -178,6 +206,11 @@ def sibling_config(config_file: str, name: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config
+
+
+def select_score(config) -> str:
+  """The score the select stage ranks by: select.score, or score.kind when that is empty."""
+  return config.select.get("score", "") or config.score.kind
 
 
 def cells(config) -> int:
@@ -293,12 +326,55 @@ def _check_train(name: str, tc, full_dataset: bool) -> None:
     raise ValueError(f"{name}.crop_ratio must satisfy 0 < min <= max, got {ratio}")
 
 
+def _check_ccs(block: str, beta, strata) -> None:
+  """CCS parameters: the hard cutoff beta in [0, 1) and the number of strata (an int >= 1)."""
+  if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+    raise ValueError(f"{block}.ccs_beta must be a fraction in [0, 1) (the hardest part of each "
+                     f"class dropped before stratifying), got {beta!r}")
+  if isinstance(strata, bool) or not isinstance(strata, int) or strata < 1:
+    raise ValueError(f"{block}.ccs_strata must be a positive integer, got {strata!r}")
+
+
+def _check_score_name(field: str, name: str, score_config) -> None:
+  """A score some stage reads: a scoring.SCORES name whose config flag (if any) is on."""
+  from pca_jax.scoring import SCORES
+  if name not in SCORES:
+    raise ValueError(f"unknown {field} {name!r}; choose one of {tuple(SCORES)}")
+  flag = SCORES[name].requires
+  if flag and not score_config[flag]:
+    raise ValueError(f"{field}={name!r} needs --config.score.{flag}=True (the score stage "
+                     f"computes {name} only then)")
+
+
+def _check_synthesis(syn) -> None:
+  """benchmark.synthesis (sre2l / cda): every number in range."""
+  for field in ("iterations", "batch_size"):
+    if not isinstance(syn[field], int) or isinstance(syn[field], bool) or syn[field] < 1:
+      raise ValueError(f"benchmark.synthesis.{field} must be a positive integer, got "
+                       f"{syn[field]!r}")
+  if not isinstance(syn.jitter, int) or syn.jitter < 0:
+    raise ValueError(f"benchmark.synthesis.jitter must be an integer >= 0 (pixels at 224 px), "
+                     f"got {syn.jitter!r}")
+  for field, ok, allowed in (("lr", lambda v: v > 0, "> 0"), ("r_bn", lambda v: v >= 0, ">= 0"),
+                             ("first_bn_multiplier", lambda v: v >= 0, ">= 0"),
+                             ("cda_milestone", lambda v: 0 < v <= 1, "in (0, 1]")):
+    value = syn[field]
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+      raise ValueError(f"benchmark.synthesis.{field} must be {allowed}, got {value!r}")
+  betas, scale = tuple(syn.betas), tuple(syn.crop_scale)
+  if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+    raise ValueError(f"benchmark.synthesis.betas must be two numbers in [0, 1), got {betas}")
+  if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+    raise ValueError(f"benchmark.synthesis.crop_scale must satisfy 0 < min <= max <= 1, got "
+                     f"{scale}")
+
+
 def validate(config) -> None:
   """Raises ValueError naming the field for anything that cannot work (no data is read here)."""
   from pca_jax.models.resnet import DTYPES, MODELS
   from pca_jax.data.sources import SOURCES
   from pca_jax.combine import check_grid
-  from pca_jax.scoring import SELECTION_SCORES
+  from pca_jax.scoring import SCORES, SELECTION_SCORES
   from pca_jax.training.views import view_sizes
 
   stages = parse_stages(config.stages)
@@ -329,6 +405,13 @@ def validate(config) -> None:
     raise ValueError(f"unknown select.mode {config.select.mode!r}; choose one of {SELECT_MODES}")
   if not isinstance(config.select.ipc, int) or config.select.ipc < 1:
     raise ValueError(f"select.ipc must be a positive integer, got {config.select.ipc!r}")
+  if config.select.score:
+    _check_score_name("select.score", config.select.score, config.score)
+    if config.score.scores_path and config.select.mode != "random":
+      raise ValueError(f"select.score={config.select.score!r} reads the score stage's own "
+                       "scores, but score.scores_path is set; leave select.score empty to select "
+                       "by the precomputed scores")
+  _check_ccs("select", config.select.ccs_beta, config.select.ccs_strata)
   if config.combine.fit not in FITS:
     raise ValueError(f"unknown combine.fit {config.combine.fit!r}; choose one of {FITS}")
   grid = tuple(config.combine.grid)
@@ -353,9 +436,19 @@ def validate(config) -> None:
   if "benchmark" in stages:
     from pca_jax.dc.plan import plan_cells
     plan_cells(config.benchmark, grid, size, {"x": 1})
-    for field in ("rded_pool", "rded_crops_per_image", "soft_label_bytes_per_value"):
-      if config.benchmark[field] < 1:
-        raise ValueError(f"benchmark.{field} must be >= 1, got {config.benchmark[field]!r}")
+    for field in ("rded_mipc", "rded_num_crop", "rded_factor", "soft_label_bytes_per_value"):
+      value = config.benchmark[field]
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"benchmark.{field} must be an integer >= 1, got {value!r}")
+    _check_synthesis(config.benchmark.synthesis)
+    every = config.benchmark.eval_every_epochs
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+      raise ValueError(f"benchmark.eval_every_epochs must be an integer >= 0 (0 = final "
+                       f"evaluation only), got {every!r}")
+    if config.benchmark.ccs_score not in SCORES:
+      raise ValueError(f"unknown benchmark.ccs_score {config.benchmark.ccs_score!r}; choose one "
+                       f"of {tuple(SCORES)}")
+    _check_ccs("benchmark", config.benchmark.ccs_beta, config.benchmark.ccs_strata)
   if config.data.source == "imagefolder" and not config.data.data_dir:
     raise ValueError("data.source='imagefolder' needs --config.data.data_dir=<root with "
                      f"{config.data.train_split}/ and {config.data.eval_split}/ class folders>")

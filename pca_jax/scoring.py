@@ -1,4 +1,4 @@
-"""Per-example difficulty scores: EL2N, predictive entropy, forgetting counts.
+"""Per-example difficulty scores: EL2N, predictive entropy, forgetting counts, AUM.
 
 `el2n` and `entropy` are jitted array functions. `score_dataset` streams a dataset (an iterable of
 batches, so a 1.28M-image ImageNet never sits in memory) through a jitted eval-mode forward pass of
@@ -38,12 +38,26 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.argmax(logits, axis=-1) == labels
 
 
+@jax.jit
+def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """The AUM margin (Pleiss et al. 2020): logit of the label - the largest other logit.
+
+  logits [N, C] (C >= 2), labels [N] int -> [N] float32; > 0 iff the label wins top-1. Logits,
+  not probabilities, as in the paper: the margin of an example the model gets wrong is negative.
+  """
+  logits = logits.astype(jnp.float32)
+  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
+  assigned = jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
+  largest_other = jnp.max(jnp.where(onehot, -jnp.inf, logits), axis=-1)
+  return assigned - largest_other
+
+
 @dataclasses.dataclass(frozen=True)
 class Score:
   """A per-example difficulty score (lower = easier). `fn` computes it from one eval-mode forward
   pass, (logits [N, C], labels [N]) -> [N]; None means it is derived from the scoring models'
-  training history instead (forgetting events, counted after every epoch); `requires` names the
-  score config flag that must be on for the score stage to compute it."""
+  training history instead (forgetting events, AUM margins: recorded after every epoch);
+  `requires` names the score config flag that must be on for the score stage to compute it."""
   fn: Callable[[jax.Array, jax.Array], jax.Array] | None
   doc: str
   requires: str | None = None
@@ -58,12 +72,17 @@ SCORES: Mapping[str, Score] = {
     "entropy": Score(lambda logits, labels: entropy(logits), "predictive entropy"),
     "forgetting": Score(None, "forgetting events between epochs (Toneva et al.)",
                         requires="forgetting"),
+    # NEGATED area under the margin, so that lower = easier as for every score here (the paper's
+    # AUM is high for easy and low for hard / mislabeled examples): see aum_from_margins.
+    "aum": Score(None, "negated area under the margin, -mean over epochs of (label logit - "
+                 "largest other logit) (Pleiss et al.)", requires="aum"),
 }
 SELECTION_SCORES = tuple(name for name, s in SCORES.items() if s.fn is not None)
 
 SCORE_FNS: Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
     **{name: s.fn for name, s in SCORES.items() if s.fn is not None},
     "correct": lambda logits, labels: correct(logits, labels).astype(jnp.float32),
+    "margin": lambda logits, labels: margin(logits, labels),
 }
 
 
@@ -81,6 +100,24 @@ def forgetting_counts(correct_history: np.ndarray) -> np.ndarray:
   never = ~h.any(axis=0)
   forgets[never] = float(h.shape[0])
   return forgets
+
+
+def aum_from_margins(margins: np.ndarray) -> np.ndarray:
+  """The score `aum`: minus the area under the margin (Pleiss et al. 2020), from one model.
+
+  margins: [T, N] float, margin(logits, labels) of example n after epoch t. Returns [N] float32
+  = -mean over the T epochs, NEGATED so that lower = easier like every pca_jax score (a high AUM
+  = an easy example, a low or negative one = hard or mislabeled). The score stage averages it over
+  the K scoring models. Unlike the paper, which records each example's margin on its training-mode
+  (augmented, dropout/BatchNorm-batch-statistics) forward pass when the example is seen during the
+  epoch, the margins here come from one eval-mode pass over the full train set after every epoch
+  (the pass that also gives the forgetting counts' correctness): the model of the end of the epoch,
+  without augmentation, the same for every example.
+  """
+  m = np.asarray(margins, np.float32)
+  if m.ndim != 2 or m.shape[0] < 1:
+    raise ValueError(f"margins must be [T, N] with T >= 1 epochs, got shape {m.shape}")
+  return -m.mean(axis=0)
 
 
 def _as_batches(data: Any, labels: Any, batch_size: int) -> Iterable[dict]:

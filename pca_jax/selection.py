@@ -1,11 +1,57 @@
-"""Class-balanced selection of a fixed number of examples per class (the "Prune" of PCA)."""
+"""Class-balanced selection of a fixed number of examples per class (the "Prune" of PCA).
+
+`select_per_class` takes the easiest, the hardest or random examples of every class, or runs
+Coverage-centric Coreset Selection (`ccs_per_class`, Zheng et al. 2023) inside every class.
+"""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 
-MODES = ("easy", "hard", "random")
+MODES = ("easy", "hard", "random", "ccs")
+
+
+def _check_labels(labels: np.ndarray, ipc: int) -> np.ndarray:
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f"labels must be 1-D [N], got shape {labels.shape}")
+  if not isinstance(ipc, (int, np.integer)) or ipc < 1:
+    raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+  return labels
+
+
+def _check_scores(scores: np.ndarray | None, labels: np.ndarray, mode: str) -> np.ndarray:
+  if scores is None:
+    raise ValueError(f"mode={mode!r} needs scores; pass scores or use mode='random'")
+  scores = np.asarray(scores, np.float64)
+  if scores.shape != labels.shape:
+    raise ValueError(f"scores shape {scores.shape} does not match labels shape {labels.shape}")
+  bad = ~np.isfinite(scores)
+  if bad.any():
+    raise ValueError(f"scores contain {int(bad.sum())} NaN/inf values (first at index "
+                     f"{int(np.flatnonzero(bad)[0])}); recompute or clean the scores")
+  return scores
+
+
+def _classes(labels: np.ndarray, ipc: int, num_classes: int | None) -> np.ndarray:
+  """The class ids to select from, each with >= ipc examples (else a ValueError naming it)."""
+  classes, counts = np.unique(labels, return_counts=True)
+  if num_classes is not None:
+    missing = sorted(set(range(num_classes)) - set(classes.tolist()))
+    if missing:
+      raise ValueError(f"class {missing[0]} has 0 examples but ipc={ipc} were requested "
+                       f"({len(missing)} classes empty); lower ipc or fix the dataset")
+    in_range = (classes >= 0) & (classes < num_classes)  # others are not selected from
+    classes, counts = classes[in_range], counts[in_range]
+  small = np.flatnonzero(counts < ipc)
+  if small.size:
+    c, count = int(classes[small[0]]), int(counts[small[0]])
+    raise ValueError(f"class {c} has only {count} examples but ipc={ipc} were requested; "
+                     f"lower ipc to <= {count}")
+  return classes
 
 
 def select_per_class(scores: np.ndarray | None,
@@ -13,60 +59,161 @@ def select_per_class(scores: np.ndarray | None,
                      ipc: int,
                      mode: str = "easy",
                      key: jax.Array | None = None,
-                     num_classes: int | None = None) -> np.ndarray:
+                     num_classes: int | None = None,
+                     *,
+                     ccs_beta: float = 0.1,
+                     ccs_strata: int = 50) -> np.ndarray:
   """Picks exactly `ipc` example indices from every class.
 
   Args:
-    scores: [N] float, lower = easier (EL2N, entropy, forgetting count). Ignored for "random".
+    scores: [N] float, lower = easier (EL2N, entropy, forgetting count, negated AUM). Ignored for
+      "random".
     labels: [N] int class ids.
     ipc: examples to keep per class (for PCA: IPC x cells of the mosaic grid).
     mode: "easy" = lowest scores first (reversed EL2N, the PCA default); "hard" = highest first
-      (classic EL2N pruning); "random" = uniform without replacement using `key`.
-    key: jax PRNG key, required for "random".
+      (classic EL2N pruning); "random" = uniform without replacement using `key`; "ccs" =
+      coverage-centric coreset selection within each class (`ccs_per_class`, using `key`).
+    key: jax PRNG key, required for "random" and "ccs".
     num_classes: if given, every class 0..num_classes-1 must be present.
+    ccs_beta, ccs_strata: "ccs" only, see `ccs_per_class` (beta, strata).
 
   Returns:
     [num_classes * ipc] int64 indices into the dataset, ordered by (class, rank): the first ipc
     belong to the smallest class id, easiest (or hardest / random order) first. Ties in score are
     broken by the smaller index.
   """
-  labels = np.asarray(labels)
-  if labels.ndim != 1:
-    raise ValueError(f"labels must be 1-D [N], got shape {labels.shape}")
   if mode not in MODES:
     raise ValueError(f"unknown selection mode {mode!r}; choose one of {MODES}")
-  if not isinstance(ipc, (int, np.integer)) or ipc < 1:
-    raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
-  if not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+  if mode == "ccs":
+    return ccs_per_class(scores, labels, ipc, key, beta=ccs_beta, strata=ccs_strata,
+                         num_classes=num_classes)
+  labels = _check_labels(labels, ipc)
   if mode == "random":
     if key is None:
       raise ValueError("mode='random' needs a PRNG key: pass key=jax.random.key(seed)")
     scores = np.asarray(jax.random.uniform(key, (labels.shape[0],)))
   else:
-    if scores is None:
-      raise ValueError(f"mode={mode!r} needs scores; pass scores or use mode='random'")
-    scores = np.asarray(scores, np.float64)
-    if scores.shape != labels.shape:
-      raise ValueError(f"scores shape {scores.shape} does not match labels shape {labels.shape}")
-    bad = ~np.isfinite(scores)
-    if bad.any():
-      raise ValueError(f"scores contain {int(bad.sum())} NaN/inf values (first at index "
-                       f"{int(np.flatnonzero(bad)[0])}); recompute or clean the scores")
-  classes = np.unique(labels)
-  if num_classes is not None:
-    missing = sorted(set(range(num_classes)) - set(classes.tolist()))
-    if missing:
-      raise ValueError(f"class {missing[0]} has 0 examples but ipc={ipc} were requested "
-                       f"({len(missing)} classes empty); lower ipc or fix the dataset")
-    classes = np.arange(num_classes)
+    scores = _check_scores(scores, labels, mode)
+  classes = _classes(labels, ipc, num_classes)
   key_scores = -scores if mode == "hard" else scores
   chosen = []
   for c in classes:
     idx = np.flatnonzero(labels == c)
-    if idx.size < ipc:
-      raise ValueError(f"class {int(c)} has only {idx.size} examples but ipc={ipc} were requested; "
-                       f"lower ipc to <= {idx.size}")
     order = np.lexsort((idx, key_scores[idx]))  # primary: score, secondary: index
     chosen.append(idx[order[:ipc]])
+  return np.concatenate(chosen).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------- CCS
+def ccs_strata(scores: np.ndarray, strata: int) -> np.ndarray:
+  """The stratum of every score: `strata` equal-width bins from the minimum to the maximum.
+
+  scores: [N] float. Returns [N] int64 in [0, strata). As in the original `stratified_sampling`,
+  bin k = [min + k*step, min + (k+1)*step) with step = (hi - min) / strata and hi slightly above
+  the maximum, so that the maximum falls in the last bin: hi = max * 1.0001 for a positive maximum
+  (the original rule), max + 1e-4 * |max| for a negative one (where the original's max * 1.0001
+  would fall below the maximum and drop it), and max + 1e-4 * (max - min) for a maximum of 0. All
+  scores equal: every example in bin 0.
+  """
+  s = np.asarray(scores, np.float64)
+  if s.size == 0:
+    return np.zeros(0, np.int64)
+  lo, top = float(s.min()), float(s.max())
+  if lo == top:
+    return np.zeros(s.shape, np.int64)
+  hi = top * 1.0001 if top > 0 else top - 1e-4 * top  # the original rule, mirrored below 0
+  if hi <= top:  # a maximum of 0
+    hi = top + 1e-4 * (top - lo)
+  edges = lo + np.arange(strata + 1) * ((hi - lo) / strata)
+  # edges[k] <= s < edges[k + 1]; clipped against rounding at the two ends
+  return np.clip(np.searchsorted(edges, s, side="right") - 1, 0, strata - 1).astype(np.int64)
+
+
+def ccs_budgets(counts: np.ndarray, budget: int) -> np.ndarray:
+  """The original `bin_allocate`: how many examples to take from each stratum.
+
+  counts: [S] int, examples per stratum; budget: examples to take in all. The strata are visited
+  from the smallest to the largest (a stable sort: equal counts in stratum order); the i-th visited
+  takes min(its count, rest // (S - i)) and rest shrinks by that, so small strata are taken whole
+  and the rest is spread evenly. Returns [S] int64, each <= its count, summing to
+  min(budget, counts.sum()).
+  """
+  counts = np.asarray(counts, np.int64)
+  out = np.zeros_like(counts)
+  rest = int(budget)
+  order = np.argsort(counts, kind="stable")
+  for i, k in enumerate(order):
+    take = min(int(counts[k]), rest // (len(counts) - i))
+    out[k] = take
+    rest -= take
+  return out
+
+
+def ccs_per_class(scores: np.ndarray,
+                  labels: np.ndarray,
+                  per_class: int,
+                  key: jax.Array,
+                  *,
+                  beta: float = 0.1,
+                  strata: int = 50,
+                  num_classes: int | None = None) -> np.ndarray:
+  """Coverage-centric Coreset Selection (Zheng et al. 2023), run inside every class.
+
+  CCS keeps examples of every difficulty instead of only the easiest or the hardest: in each class
+  it drops the hardest floor(beta * n_c) examples (the highest scores: likely mislabeled), splits
+  the score range of the rest into `strata` equal-width bins (`ccs_strata`), gives each bin a
+  budget with `ccs_budgets` (small bins whole, the rest evenly) and draws each bin's budget
+  uniformly at random. Class-balanced, unlike the original (which samples the whole dataset at
+  once), because pca_jax compares methods at a fixed number of images per class.
+
+  Exact counts: when the kept part of a class has fewer than per_class examples, all of it is
+  taken and the rest comes from the dropped part, easiest first; if the budgets ever left room
+  (they do not when the kept part is large enough), it is filled at random from the kept examples
+  not yet chosen.
+
+  Args:
+    scores: [N] float, lower = easier (e.g. the negated AUM, EL2N, forgetting count).
+    labels: [N] int class ids.
+    per_class: examples per class.
+    key: jax PRNG key; class c draws with jax.random.fold_in(key, c) (classes are independent).
+    beta: the hard cutoff, a fraction in [0, 1).
+    strata: number of score bins per class, >= 1.
+    num_classes: if given, every class 0..num_classes-1 must be present.
+
+  Returns:
+    [num_classes * per_class] int64 dataset indices ordered by class, and within a class by score
+    (easiest first, ties by index), like `select_per_class`.
+  """
+  labels = _check_labels(labels, per_class)
+  scores = _check_scores(scores, labels, "ccs")
+  if key is None:
+    raise ValueError("mode='ccs' needs a PRNG key: pass key=jax.random.key(seed)")
+  if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+    raise ValueError(f"ccs beta must be a fraction in [0, 1), got {beta!r}")
+  if isinstance(strata, bool) or not isinstance(strata, (int, np.integer)) or strata < 1:
+    raise ValueError(f"ccs strata must be a positive integer, got {strata!r}")
+  classes = _classes(labels, per_class, num_classes)
+  chosen = []
+  for c in classes:
+    idx = np.flatnonzero(labels == c)
+    idx = idx[np.lexsort((idx, scores[idx]))]  # easiest first, ties by index
+    keep = idx[:idx.size - int(beta * idx.size)]  # the hard cutoff
+    if keep.size <= per_class:
+      picked = idx[:per_class]  # all kept, then the dropped ones easiest first
+    else:
+      # drawn at the next power of two: one compiled shape for many class sizes (ImageNet)
+      draw = 1 << (keep.size - 1).bit_length()
+      u = np.asarray(jax.random.uniform(jax.random.fold_in(key, int(c)), (draw,)))[:keep.size]
+      bins = ccs_strata(scores[keep], strata)
+      budgets = ccs_budgets(np.bincount(bins, minlength=strata), per_class)
+      take = np.zeros(keep.size, bool)
+      for k in np.flatnonzero(budgets):
+        members = np.flatnonzero(bins == k)
+        take[members[np.argsort(u[members], kind="stable")[:budgets[k]]]] = True
+      short = per_class - int(take.sum())
+      if short > 0:  # budgets that left room: the kept examples not chosen, at random
+        rest = np.flatnonzero(~take)
+        take[rest[np.argsort(u[rest], kind="stable")[:short]]] = True
+      picked = keep[take]  # keep is in score order, so picked is too
+    chosen.append(picked)
   return np.concatenate(chosen).astype(np.int64)

@@ -8,8 +8,13 @@ under the fingerprint of what made it (pca_jax.dc.stages). To add a method, add 
   random          class-balanced random images (seeded)
   <score>_easy    lowest <score> first, for every score of pca_jax.scoring.SCORES
   <score>_hard    highest <score> first (forgetting_hard = Toneva et al.'s most-forgotten)
-  rded_like       an RDED-style distillation baseline (pca_jax.dc.rded), stitched with the PCA grid
+  sre2l / cda     images recovered from the teacher by BatchNorm matching (pca_jax.dc.synthesis)
+  rded            RDED as published: lowest-loss real crops stitched factor x factor (pca_jax.dc.rded)
   pca             easiest EL2N, whole images in mosaics, patch-constrained crops; grid sweep
+  ccs             Coverage-centric Coreset Selection per class (Zheng et al.) over
+                  benchmark.ccs_score (default aum), whole images (seeded)
+  pca_<prune>     PCA with another prune step (entropy, forgetting, aum: easiest first; ccs),
+                  mosaics of config.combine.grid only, patch-constrained crops
   external        any compressed set given as an ImageFolder (not in this table: see dc.stages)
 """
 
@@ -32,9 +37,11 @@ class Method:
   build(run, ctx, per_class, grid, seed) -> (images uint8 [M, S, S, 3], labels [M], source
   indices): `per_class` = ipc x cells source images (or crops) per class, combined `grid`-wise.
   ctx gives `scores(name)` and `teacher()`. `grids`: "whole" (1x1), "combine" (config.combine.grid)
-  or "sweep" (benchmark.grids). `crop`: the student's crop on this set. `score` / `teacher` /
-  `seeded` / `fields`: what the set depends on, for its fingerprint. `distinct_images`: the set
-  needs ipc x cells distinct images of every class (cells that do not fit are skipped).
+  "sweep" (benchmark.grids) or "rded" (benchmark.rded_factor squared). `crop`: the student's crop on this set. `score` / `teacher` /
+  `seeded` / `fields`: what the set depends on, for its fingerprint; `score` is a name of
+  scoring.SCORES or a dotted config field that holds one ("benchmark.ccs_score", then also in
+  `fields`): `score_name(config)` resolves it. `distinct_images`: the set needs ipc x cells
+  distinct images of every class (cells that do not fit are skipped).
   """
   name: str
   build: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -46,6 +53,15 @@ class Method:
   fields: tuple[str, ...] = ()
   distinct_images: bool = True   # takes ipc x cells distinct source images of every class
 
+  def score_name(self, config) -> str | None:
+    """The scoring.SCORES name this method reads under `config` (None: it reads no scores)."""
+    if self.score and "." in self.score:
+      value = config
+      for part in self.score.split("."):
+        value = value[part]
+      return str(value)
+    return self.score
+
   def fits(self, smallest_class: int, per_class: int) -> bool:
     return not self.distinct_images or per_class <= smallest_class
 
@@ -54,6 +70,8 @@ class Method:
       return [tuple(int(x) for x in g) for g in bench.grids]
     if self.grids == "combine":
       return [tuple(int(x) for x in combine_grid)]
+    if self.grids == "rded":
+      return [(int(bench.rded_factor), int(bench.rded_factor))]
     return [(1, 1)]
 
 
@@ -84,21 +102,59 @@ def _pruned(score: str, mode: str) -> Callable:
   return build
 
 
-def _rded_like(run, ctx, per_class, grid, seed):
+def _rded(run, ctx, per_class, grid, seed):
   from pca_jax.dc import rded
-  return rded.build_rded_like(run, ctx.teacher(), per_class, grid, seed)
+  return rded.build_rded(run, ctx.teacher(), per_class // (grid[0] * grid[1]), grid[0], seed)
+
+
+def _synthetic(cda: bool) -> Callable:
+  def build(run, ctx, per_class, grid, seed):
+    from pca_jax.dc import synthesis
+    return synthesis.build_synthetic(run, ctx.teacher(), per_class, seed, cda)
+  return build
+
+
+_SYNTHESIS_FIELDS = ("benchmark.synthesis",)
 
 
 METHODS: dict[str, Method] = {
     "random": Method("random", _random, seeded=True),
     **{f"{score}_{mode}": Method(f"{score}_{mode}", _pruned(score, mode), score=score)
        for score in scoring.SCORES for mode in ("easy", "hard")},
-    "rded_like": Method("rded_like", _rded_like, grids="combine", teacher=True, seeded=True,
-                        distinct_images=False,
-                        fields=("benchmark.rded_pool", "benchmark.rded_crops_per_image",
-                                "benchmark.rded_crop_scale")),
+    "sre2l": Method("sre2l", _synthetic(cda=False), teacher=True, seeded=True,
+                    distinct_images=False, fields=_SYNTHESIS_FIELDS),
+    "cda": Method("cda", _synthetic(cda=True), teacher=True, seeded=True, distinct_images=False,
+                  fields=_SYNTHESIS_FIELDS),
+    "rded": Method("rded", _rded, grids="rded", teacher=True, seeded=True,
+                   fields=("benchmark.rded_mipc", "benchmark.rded_num_crop",
+                           "benchmark.rded_factor")),
     "pca": Method("pca", _pruned("el2n", "easy"), grids="sweep", crop="patch", score="el2n"),
 }
+
+
+def _ccs(run, ctx, per_class, grid, seed):
+  import jax
+  from pca_jax.selection import ccs_per_class
+  bench = run.config.benchmark
+  key = jax.random.key(rng.derive_seed(run.config.seed, "ccs set", seed))
+  idx = ccs_per_class(ctx.scores(bench.ccs_score), run.train_source.labels, per_class, key,
+                      beta=bench.ccs_beta, strata=bench.ccs_strata,
+                      num_classes=run.train_source.num_classes)
+  return _from_indices(run, idx, grid)
+
+
+# CCS and the paper's "PCA with different pruning methods": the prune step by another score
+# (easiest first) or by CCS, then PCA's combine (config.combine.grid) and patch-constrained crops.
+# `pca` itself (easiest EL2N) keeps the grid sweep. A separate block from the literal above.
+_CCS_FIELDS = ("benchmark.ccs_score", "benchmark.ccs_beta", "benchmark.ccs_strata")
+METHODS.update({
+    "ccs": Method("ccs", _ccs, score="benchmark.ccs_score", seeded=True, fields=_CCS_FIELDS),
+    **{f"pca_{score}": Method(f"pca_{score}", _pruned(score, "easy"), grids="combine",
+                              crop="patch", score=score)
+       for score in ("entropy", "forgetting", "aum")},
+    "pca_ccs": Method("pca_ccs", _ccs, grids="combine", crop="patch", score="benchmark.ccs_score",
+                      seeded=True, fields=_CCS_FIELDS),
+})
 
 
 def needs_scores(bench) -> bool:

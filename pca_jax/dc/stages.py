@@ -1,4 +1,4 @@
-"""The DC benchmark's stages: `teacher` (for soft labels and rded_like) and `benchmark`.
+"""The DC benchmark's stages: `teacher` (soft labels, sre2l / cda / rded) and `benchmark`.
 
 The benchmark runs every planned cell (method x grid x IPC x label mode x seed x resolution): it
 builds the method's compressed set (benchmark/sets/<set>/, in the store format), trains the same
@@ -27,21 +27,36 @@ TABLES = ("benchmark.csv", "benchmark.md", "benchmark.json", "benchmark.png")
 
 
 # ---------------------------------------------------------------------------------- the teacher
+def _teacher_model(run):
+  from pca_jax.models.resnet import model_from_config
+  return model_from_config(run.config.model, run.train_source.num_classes)
+
+
+def teacher_variables(run):
+  """The teacher's variables: a torchvision state_dict (benchmark.teacher_weights), a given pca_jax
+  run (benchmark.teacher_workdir) or the one the teacher stage trained."""
+  from pca_jax.training import load_variables
+  bench = run.config.benchmark
+  if bench.teacher_weights:
+    from pca_jax.models.torch_weights import load_torchvision_resnet
+    return load_torchvision_resnet(bench.teacher_weights, _teacher_model(run))
+  return load_variables(bench.teacher_workdir or run.path("teacher"))
+
+
 def load_teacher(run):
   """(apply_fn on normalised views, variables) of the benchmark's teacher."""
-  from pca_jax.models.resnet import model_from_config
-  from pca_jax.training import load_variables
-  cfg = run.config
-  variables = load_variables(cfg.benchmark.teacher_workdir or run.path("teacher"))
-  model = model_from_config(cfg.model, run.train_source.num_classes)
-  return (lambda v, x: model.apply(v, x, train=False)), variables
+  model = _teacher_model(run)
+  return (lambda v, x: model.apply(v, x, train=False)), teacher_variables(run)
 
 
 def teacher_derived(config) -> dict:
-  """What the teacher stage's fingerprint knows of a given teacher_workdir: its checkpoint steps
-  and their newest modification time (a teacher retrained in place reruns the stage, and with it
-  every soft-label cell and teacher-built set)."""
-  workdir = config.benchmark.teacher_workdir
+  """What the teacher stage's fingerprint knows of a given teacher: the weights file's size and
+  modification time, or a teacher_workdir's checkpoint steps and their newest modification time
+  (a teacher replaced in place reruns the stage, and with it every soft-label cell and
+  teacher-built set)."""
+  weights, workdir = config.benchmark.teacher_weights, config.benchmark.teacher_workdir
+  if weights:
+    return {"teacher_weights": list(fs.file_stats(weights)) if fs.path(weights).is_file() else None}
   if not workdir:
     return {}
   ckpt = fs.join(workdir, "checkpoints")
@@ -51,17 +66,35 @@ def teacher_derived(config) -> dict:
                                   max((fs.file_stats(q)[1] for q in files), default=0)]}
 
 
+def check_teacher(run) -> None:
+  """Up front: at most one given teacher, and it exists."""
+  bench = run.config.benchmark
+  if bench.teacher_weights and bench.teacher_workdir:
+    raise ValueError("benchmark.teacher_weights and benchmark.teacher_workdir are both set; give "
+                     "one teacher")
+  if bench.teacher_weights and not fs.path(bench.teacher_weights).is_file():
+    raise ValueError(f"benchmark.teacher_weights {bench.teacher_weights} does not exist; pass the "
+                     "path of a torchvision ResNet state_dict (.pth)")
+
+
 def stage_teacher(run, stage) -> dict:
-  from pca_jax.training import load_variables, train
+  from pca_jax.training import evaluate, train
   cfg = run.config
-  if cfg.benchmark.teacher_workdir:
-    load_variables(cfg.benchmark.teacher_workdir)  # fail early if unreadable
-    return {"teacher_workdir": cfg.benchmark.teacher_workdir}
-  mc = run.trainer_config(cfg.benchmark.teacher, rng.derive_seed(cfg.seed, "teacher"))
+  bench = cfg.benchmark
+  if bench.teacher_weights or bench.teacher_workdir:
+    variables = teacher_variables(run)  # fails early if unreadable or of another architecture
+    ev = evaluate(variables, run.eval_source, _teacher_model(run).apply,
+                  eval_size=cfg.data.image_size, crop_fraction=cfg.data.eval_crop_fraction,
+                  batch_size=bench.teacher.eval_batch_size, num_threads=cfg.data.num_threads)
+    given = {"teacher_weights": bench.teacher_weights} if bench.teacher_weights else \
+        {"teacher_workdir": bench.teacher_workdir}
+    run.log(f"[teacher] given teacher: top-1 {ev['top1']:.2f}% on the {cfg.data.eval_split} split")
+    return {**given, "eval_top1": ev["top1"]}
+  mc = run.trainer_config(bench.teacher, rng.derive_seed(cfg.seed, "teacher"))
   _, m = train(mc, run.path("teacher"), run.train_source, run.eval_source, desc="teacher",
                log=run.log, fingerprint=stage.fingerprint)
   run.log(f"[teacher] top-1 {m['eval_top1']:.2f}% on the {cfg.data.eval_split} split")
-  return {"eval_top1": m["eval_top1"], "epochs": cfg.benchmark.teacher.epochs}
+  return {"eval_top1": m["eval_top1"], "epochs": bench.teacher.epochs}
 
 
 # ----------------------------------------------------------------------------------- external sets
@@ -88,22 +121,51 @@ def external_derived(config) -> dict:
   return {"external": out}
 
 
-def load_external(run, path: str):
-  """An ImageFolder compressed set -> (images uint8 [M,S,S,3], labels mapped to the source's ids)."""
-  from pca_jax.data import pipeline
+def external_class_ids(names: list[str], dataset_names: list[str], what: str,
+                       named: bool = True) -> list[int]:
+  """The dataset class id of each class of an external set, by name.
+
+  names: the set's class names (ImageFolder folders, or a parquet ClassLabel's names); named=False:
+  they are bare integer ids (a parquet class_id without names). A name matches a dataset class of
+  the same name, "<id>_<name>" (export_imagefolder's folders) matches id <id> if <name> is that
+  class's name, and an all-digit name is a class id. Anything else is a ValueError naming the first
+  class that matches nothing: a set whose classes are not the dataset's is never evaluated.
+  """
+  index = {n: i for i, n in enumerate(dataset_names)}
+  ids = []
+  for name in names:
+    m = re.match(r"^(\d+)_(.*)$", name)
+    if named and name in index:
+      ids.append(index[name])
+    elif named and m and int(m.group(1)) < len(dataset_names) and \
+        dataset_names[int(m.group(1))] == m.group(2):
+      ids.append(int(m.group(1)))
+    elif name.isdigit() and int(name) < len(dataset_names):
+      ids.append(int(name))
+    else:
+      raise ValueError(f"external set {what}: class {name!r} is not a class of the dataset "
+                       f"({len(dataset_names)} classes, e.g. {dataset_names[0]!r}); name its "
+                       "classes like the dataset's, '<id>_<name>', or by class id")
+  return ids
+
+
+def open_external(run, path: str):
+  """(source, dataset class id of each of its classes) of an external compressed set: an ImageFolder
+  or a Hugging Face parquet directory (the layout `huggingface-cli download` leaves)."""
+  from pca_jax.data.parquet import ParquetSource, is_parquet_dir
   from pca_jax.data.sources import ImageFolderSource
+  if is_parquet_dir(path):
+    ext = ParquetSource(path)
+    return ext, external_class_ids(ext.class_names, run.train_source.class_names, path,
+                                   named=ext.has_class_names)
   ext = ImageFolderSource(path)
-  names = run.train_source.class_names
-  folders = ext.class_names
-  if set(folders) <= set(names):
-    mapping = [names.index(f) for f in folders]
-  elif all(re.match(r"^\d+_", f) for f in folders):  # export_imagefolder's "<id>_<name>"
-    mapping = [int(f.split("_", 1)[0]) for f in folders]
-  elif len(folders) == len(names):
-    mapping = list(range(len(names)))  # same count: assume the same sorted order
-  else:
-    raise ValueError(f"external set {path} has {len(folders)} class folders that do not match the "
-                     f"{len(names)} classes of the dataset; name folders like the dataset's classes")
+  return ext, external_class_ids(ext.class_names, run.train_source.class_names, path)
+
+
+def load_external(run, path: str):
+  """An external compressed set -> (images uint8 [M, S, S, 3], labels as the source's ids)."""
+  from pca_jax.data import pipeline
+  ext, mapping = open_external(run, path)
   size = run.config.data.image_size
   images = np.concatenate([b for b, _ in pipeline.iter_images(ext, np.arange(len(ext)), size, 256,
                                                               fit="center_crop")])
@@ -184,21 +246,37 @@ def build_set(run, stage, ctx: SetContext, cache: BenchmarkCache, method: str, i
 # --------------------------------------------------------------------------------------- cells
 def cell_trainer_config(run, cell: dict, crop: str):
   """The student's trainer config for one cell: config.train with the cell's crop, grid, labels
-  and resolution, no periodic evaluation, and the cell's own seed."""
+  and resolution, periodic evaluation every benchmark.eval_every_epochs (0: final only), and the
+  cell's own seed."""
   tc = copy.deepcopy(run.config.train)
   tc.crop = crop
   tc.grid = tuple(cell["grid"])
   tc.label_mode = cell["label"]
   tc.resolution = cell.get("resolution", "full")
-  tc.eval_every_epochs = 0
+  tc.eval_every_epochs = int(run.config.benchmark.get("eval_every_epochs", 0))
   return run.trainer_config(tc, rng.derive_seed(run.config.seed, "cell", cell["seed"]))
+
+
+def _periodic_eval(config) -> list:
+  """The eval cadence as a fingerprint part under a key that config.IGNORED_FIELDS does not drop
+  (the cadence changes a row: top1_best); none at 0, so cells cached before it stay valid."""
+  every = int(config.benchmark.get("eval_every_epochs", 0))
+  return [{"benchmark_eval_every_epochs": every}] if every else []
 
 
 def cell_fingerprint(run, stage, set_identity: str, mc, label: str) -> str:
   from pca_jax.pca import EVAL_DATA
   teacher = stage.upstream["teacher"]["id"] if label == "soft" else None
   return fingerprint("cell", set_identity, config_values(mc, ("model", "train")),
-                     config_values(run.config, EVAL_DATA), teacher)
+                     config_values(run.config, EVAL_DATA), teacher, *_periodic_eval(run.config))
+
+
+def benchmark_derived(config) -> dict:
+  """The benchmark stage's derived fingerprint values: the external sets' (external_derived) and
+  the eval cadence, which IGNORED_FIELDS drops from the `benchmark` field group, so that turning
+  it on reruns the stage (and with it every cell, see cell_fingerprint)."""
+  every = int(config.benchmark.get("eval_every_epochs", 0))
+  return {**external_derived(config), **({"eval_every_epochs": every} if every else {})}
 
 
 def _external_digest(images: np.ndarray, labels: np.ndarray) -> str:
@@ -245,10 +323,18 @@ def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> dict:
   _, m = train(mc, out, InMemoryData(images, labels, num_classes), run.eval_source, desc=cid,
                log=run.log, teacher=teacher_fn() if cell["label"] == "soft" else None,
                fingerprint=fp)
+  # best of the periodic evaluations (kept in metrics.jsonl across a resume) and the final one
+  history = out / "metrics.jsonl"
+  evals = tables.periodic_evals(history.read_text() if history.exists() else "", m["steps"])
+  best, best_epoch = tables.best_top1(
+      evals + [{"epoch": m["steps"] / m["steps_per_epoch"], "eval_top1": m["eval_top1"]}])
+  best_epoch = float(best_epoch)
   n_images = int(len(images))
   external = cell["method"].startswith(EXTERNAL)
   per_class = None if external else cell["ipc"] * cell["grid"][0] * cell["grid"][1]
   row = {**cell, "grid": list(cell["grid"]), "top1": m["eval_top1"], "top5": m["eval_top5"],
+         "top1_best": best,
+         "top1_best_epoch": int(best_epoch) if best_epoch.is_integer() else round(best_epoch, 3),
          "stored_images": n_images, "source_images_per_class": per_class,
          "bytes_images": int(images[0].nbytes) * n_images,
          "bytes_soft_labels": tables.soft_label_bytes(n_images, mc.train.epochs, num_classes,
@@ -257,7 +343,8 @@ def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> dict:
          "resolution": mc.train.resolution, "view_size": view_sizes(mc.train)[0],
          "fingerprint": fp}
   fs.save_json(out / "row.json", row)
-  run.log(f"[benchmark] {cid}: top-1 {row['top1']:.2f}%")
+  run.log(f"[benchmark] {cid}: top-1 {row['top1']:.2f}% (best {best:.2f}% at epoch "
+          f"{row['top1_best_epoch']})")
   return row
 
 
@@ -268,7 +355,7 @@ def check_benchmark(run) -> None:
   from pca_jax.scoring import SCORES
   cfg = run.config
   for name in method_names(cfg.benchmark):
-    score = METHODS[name].score if name in METHODS else None
+    score = METHODS[name].score_name(cfg) if name in METHODS else None
     flag = SCORES[score].requires if score else None
     if flag and not cfg.score[flag]:
       raise ValueError(f"benchmark method {name} ranks by {score} scores, which the score stage "
@@ -276,7 +363,8 @@ def check_benchmark(run) -> None:
   for name, path in external_paths(cfg).items():
     if not fs.path(path).is_dir():
       raise ValueError(f"benchmark.external set {name!r}: {path} is not a directory; pass "
-                       "name=/path/to/imagefolder")
+                       "name=/path/to/imagefolder or name=/path/to/parquet_download")
+    open_external(run, path)  # columns, classes: fail before any stage runs
   plan_cells(cfg.benchmark, cfg.combine.grid, cfg.data.image_size,
              {name: 1 for name in external_paths(cfg)})
 
@@ -307,11 +395,21 @@ def stage_benchmark(run, stage) -> dict:
     run.log(f"[benchmark] {i + 1}/{len(cells)}: {cell_id(cell)}")
     rows.append(run_cell(run, stage, ctx, cache, cell, externals, ctx.teacher))
 
+  # DD-Ranking's full-data accuracy: the teacher's (same model, full train split, same test split)
+  teacher = stage.upstream.get("teacher")
+  full_top1 = ((teacher or {}).get("summary") or {}).get("eval_top1")
+  why = ("" if full_top1 is not None else
+         "no teacher in this run: hard labels only and no method reads one" if teacher is None
+         else "the teacher stage recorded no test top-1 for its given teacher")
+  rows = tables.with_dd_ranking(rows, full_top1)
   agg = tables.aggregate(rows)
+  every = int(bench.get("eval_every_epochs", 0))
   title = f"DC benchmark: {run.train_source.name}, {cfg.model.name} (width {cfg.model.width}), " \
-          f"{cfg.train.epochs} epochs, test top-1 %"
-  md = tables.markdown_table(agg, title) + "\n" + tables.grid_table(agg) + "\n" + \
-      tables.resolution_table(agg)
+          f"{cfg.train.epochs} epochs, final test top-1 % (after the last epoch)"
+  parts = [tables.markdown_table(agg, title), tables.best_table(agg, every),
+           tables.dd_ranking_table(agg, full_top1, why), tables.grid_table(agg),
+           tables.resolution_table(agg)]
+  md = "\n".join(p for p in parts if p)
   if skipped:
     lines = []
     for s in skipped:  # one line per (method, grid, ipc), whatever the label modes and seeds
@@ -323,10 +421,14 @@ def stage_benchmark(run, stage) -> dict:
   md += (f"\nSeeds: {list(bench.seeds)} (mean ± sample std when > 1). Soft labels: KL to the "
          f"teacher at T={cfg.train.temperature} on every view, CutMix alpha "
          f"{cfg.train.cutmix_alpha}. Every method trains the same student with the same schedule; "
-         "pca uses patch-constrained crops, the others RandomResizedCrop of the stored image.\n")
+         "pca and pca_<prune> use patch-constrained crops, the others RandomResizedCrop of the "
+         "stored image.\n")
   tables.write_csv(rows, run.path("benchmark.csv"))
   fs.save_text(run.path("benchmark.md"), md)
-  fs.save_json(run.path("benchmark.json"), {"rows": rows, "aggregate": agg, "skipped": skipped})
+  fs.save_json(run.path("benchmark.json"), {
+      "rows": rows, "aggregate": agg, "skipped": skipped, "eval_every_epochs": every,
+      "dd_ranking": {"accuracy": tables.DD_RANKING_ACCURACY, "full_data_top1": full_top1,
+                     "full_data_missing": why}})
   if agg:
     tables.plot(agg, run.path("benchmark.png"), title)
   run.log(f"[benchmark] {len(rows)} cells -> {run.path('benchmark.md')}")

@@ -1,13 +1,25 @@
-"""The DC benchmark's outputs: rows aggregated over seeds, Markdown tables, CSV and the plot."""
+"""The DC benchmark's outputs: rows aggregated over seeds, Markdown tables, CSV and the plot.
+
+Accuracies in rows and tables are test top-1 in percent: `top1` after the last epoch, `top1_best`
+the highest of the periodic evaluations (benchmark.eval_every_epochs) and the final one. The
+DD-Ranking scores (Li et al. 2025) are computed from fractions and stored in percent: `ior` and
+`hlr` in percentage points, `lrs` in percent of its [0, 1] range.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 
 import numpy as np
 
 from pca_jax.dc.plan import LABEL_MODES
+
+# The top-1 the DD-Ranking scores use: final, as the teacher's full-data accuracy they compare
+# against is final too, and a max over test evaluations would select on the test split.
+DD_RANKING_ACCURACY = "top1"
 
 
 def soft_label_bytes(num_images: int, epochs: int, num_classes: int, bytes_per_value: int) -> int:
@@ -15,8 +27,94 @@ def soft_label_bytes(num_images: int, epochs: int, num_classes: int, bytes_per_v
   return int(num_images) * int(epochs) * int(num_classes) * int(bytes_per_value)
 
 
+# ------------------------------------------------------------------------------- best vs final
+def periodic_evals(metrics_jsonl: str, before_step: int) -> list[dict]:
+  """The evaluation rows ({"step", "epoch", "eval_top1", ...}) of a metrics.jsonl text whose step
+  is below `before_step` (the final evaluation, which the caller has from train's metrics, is
+  left out so that a run resumed at its last step does not count it twice)."""
+  rows = [json.loads(line) for line in metrics_jsonl.splitlines() if line.strip()]
+  return [r for r in rows if "eval_top1" in r and r.get("step", 0) < before_step]
+
+
+def best_top1(evals: list[dict]) -> tuple[float | None, float | None]:
+  """(highest eval_top1, the epoch it was first reached) over evaluations in training order,
+  [{"epoch", "eval_top1"}]; (None, None) when there are none. Ties keep the earliest epoch, as
+  the reference benchmark's running `if acc > best` does."""
+  best, epoch = None, None
+  for e in evals:
+    if best is None or e["eval_top1"] > best:
+      best, epoch = float(e["eval_top1"]), e["epoch"]
+  return best, epoch
+
+
+# ----------------------------------------------------------------------------------- DD-Ranking
+def ior(acc: float, acc_random: float) -> float:
+  """Improvement over random: acc - acc_random (fractions; a difference, so percent in gives
+  points out), both at the same IPC, label mode and seed; > 0 when the method's images teach more
+  than as many random real images."""
+  return acc - acc_random
+
+
+def hlr(acc_full: float, acc: float) -> float:
+  """Hard-label recovery: acc_full - acc (fractions, or percent as for ior), the gap to training
+  on the full train set; 0 = all of the full data's accuracy is recovered."""
+  return acc_full - acc
+
+
+def lrs(ior_value: float, hlr_value: float, weight: float = 0.5) -> float:
+  """Label-robust score: (exp(a) - exp(-1)) / (exp(1) - exp(-1)), a = weight * IOR -
+  (1 - weight) * HLR with IOR and HLR as fractions: a in [-1, 1] maps onto a score in [0, 1]."""
+  a = weight * ior_value - (1.0 - weight) * hlr_value
+  return (math.exp(a) - math.exp(-1.0)) / (math.exp(1.0) - math.exp(-1.0))
+
+
+def dd_ranking_scores(top1: float | None, random_top1: float | None,
+                      full_top1: float | None) -> dict:
+  """{"ior", "hlr", "lrs"} of one row from top-1 in percent (the method's, its random partner's,
+  the full data's); IOR and HLR in percentage points (differences: the same on percent as 100x
+  on fractions), LRS in percent of fractions' score. A score whose input is missing (no random
+  row, no full-data accuracy) is None."""
+  out = {"ior": None, "hlr": None, "lrs": None}
+  if top1 is None:
+    return out
+  if random_top1 is not None:
+    out["ior"] = ior(top1, random_top1)
+  if full_top1 is not None:
+    out["hlr"] = hlr(full_top1, top1)
+  if out["ior"] is not None and out["hlr"] is not None:
+    out["lrs"] = 100.0 * lrs(out["ior"] / 100.0, out["hlr"] / 100.0)
+  return out
+
+
+def _random_key(r: dict) -> tuple:
+  return int(r["ipc"]), r["label"], int(r["seed"])
+
+
+def with_dd_ranking(rows: list[dict], full_top1: float | None,
+                    key: str = DD_RANKING_ACCURACY) -> list[dict]:
+  """Copies of the rows with "ior", "hlr", "lrs" (see dd_ranking_scores) from their `key` top-1.
+  A row's random partner is the `random` row (whole images, full resolution) with the same IPC,
+  label mode and seed: the same number of real images, labels and student initialisation."""
+  randoms = {_random_key(r): r.get(key) for r in rows
+             if r["method"] == "random" and tuple(r["grid"]) == (1, 1)
+             and r.get("resolution", "full") == "full"}
+  return [{**r, **dd_ranking_scores(r.get(key), randoms.get(_random_key(r)), full_top1)}
+          for r in rows]
+
+
+# ---------------------------------------------------------------------------------- aggregation
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+  """(mean, sample std) of the values that are not None; std 0 for one value; (None, None) if
+  none (e.g. rows cached before a score existed, or without a random partner)."""
+  vals = np.array([v for v in values if v is not None], float)
+  if not len(vals):
+    return None, None
+  return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
-  """Mean and sample std of top-1 over seeds per (method, grid, ipc, label)."""
+  """Mean and sample std over seeds per (method, grid, ipc, label, resolution) of top-1 (final),
+  top1_best and, where the rows carry them, the DD-Ranking scores ior / hlr / lrs."""
   groups: dict[tuple, list[dict]] = {}
   for r in rows:
     key = (r["method"], tuple(r["grid"]), int(r["ipc"]), r["label"], r.get("resolution", "full"))
@@ -24,14 +122,21 @@ def aggregate(rows: list[dict]) -> list[dict]:
   out = []
   for (method, grid, ipc, label, res), rs in sorted(groups.items()):
     acc = np.array([r["top1"] for r in rs], float)
-    out.append({"method": method, "grid": grid, "ipc": ipc, "label": label, "resolution": res,
-                "n": len(rs), "train_img_per_s": float(np.mean(
-                    [r.get("train_img_per_s") or 0.0 for r in rs])),
-                "train_wall_s": float(np.mean([r.get("train_wall_s") or 0.0 for r in rs])),
-                "top1_mean": float(acc.mean()), "top1_std": float(acc.std(ddof=1)) if len(rs) > 1
-                else 0.0, "bytes_images": rs[0]["bytes_images"],
-                "bytes_soft_labels": rs[0]["bytes_soft_labels"],
-                "stored_images": rs[0]["stored_images"]})
+    a = {"method": method, "grid": grid, "ipc": ipc, "label": label, "resolution": res,
+         "n": len(rs), "train_img_per_s": float(np.mean(
+             [r.get("train_img_per_s") or 0.0 for r in rs])),
+         "train_wall_s": float(np.mean([r.get("train_wall_s") or 0.0 for r in rs])),
+         "top1_mean": float(acc.mean()), "top1_std": float(acc.std(ddof=1)) if len(rs) > 1
+         else 0.0, "bytes_images": rs[0]["bytes_images"],
+         "bytes_soft_labels": rs[0]["bytes_soft_labels"],
+         "stored_images": rs[0]["stored_images"]}
+    best = [r.get("top1_best") for r in rs]
+    a["top1_best_mean"], a["top1_best_std"] = _mean_std(best)
+    a["top1_best_n"] = sum(b is not None for b in best)
+    a["top1_best_epochs"] = [r.get("top1_best_epoch") for r in rs]
+    for score in ("ior", "hlr", "lrs"):
+      a[f"{score}_mean"], a[f"{score}_std"] = _mean_std([r.get(score) for r in rs])
+    out.append(a)
   return out
 
 
@@ -48,11 +153,13 @@ def _human(nbytes: float) -> str:
   return ""
 
 
-def markdown_table(agg: list[dict], title: str = "") -> str:
-  """Paper-style table: a row per method (and grid), columns IPC x label mode, plus storage."""
+def _method_grid(agg: list[dict], cell, title: str) -> list[str]:
+  """A Markdown table with a row per method (and grid, resolution) in order of appearance and a
+  column per IPC x label mode; cell(aggregate row) -> its text ("" where a cell has no row)."""
   ipcs = sorted({a["ipc"] for a in agg})
   labels = [l for l in LABEL_MODES if any(a["label"] == l for a in agg)]
-  by = {(_name(a["method"], a["grid"], a.get("resolution", "full")), a["ipc"], a["label"]): a for a in agg}
+  by = {(_name(a["method"], a["grid"], a.get("resolution", "full")), a["ipc"], a["label"]): a
+        for a in agg}
   names = []
   for a in agg:
     n = _name(a["method"], a["grid"], a.get("resolution", "full"))
@@ -62,22 +169,83 @@ def markdown_table(agg: list[dict], title: str = "") -> str:
   lines = [f"## {title}" if title else "", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for n in names:
-    cells = []
-    for i in ipcs:
-      for l in labels:
-        a = by.get((n, i, l))
-        cells.append("" if a is None else (f"{a['top1_mean']:.1f} ± {a['top1_std']:.1f}"
-                                           if a["n"] > 1 else f"{a['top1_mean']:.1f}"))
+    cells = [cell(by[(n, i, l)]) if (n, i, l) in by else "" for i in ipcs for l in labels]
     lines.append("| " + " | ".join([n] + cells) + " |")
+  return lines
+
+
+def _mean_pm_std(mean: float | None, std: float | None, n: int) -> str:
+  if mean is None:
+    return "n/a"
+  return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
+
+
+def markdown_table(agg: list[dict], title: str = "") -> str:
+  """Paper-style table of the final top-1: a row per method (and grid), columns IPC x label
+  mode, plus the storage table."""
+  lines = _method_grid(agg, lambda a: _mean_pm_std(a["top1_mean"], a["top1_std"], a["n"]), title)
+  ipcs = sorted({a["ipc"] for a in agg})
   lines += ["", "Storage per method at each IPC (images as uint8 arrays; soft labels as fp16, "
-            "one per view per epoch):", "", "| IPC | stored images | image bytes | soft-label bytes "
-            "| soft / images |", "|---|---|---|---|---|"]
+            "one per view per epoch):", "",
+            "| IPC | stored images | image bytes | soft-label bytes | soft / images |",
+            "|---|---|---|---|---|"]
   for i in ipcs:
     a = next((x for x in agg if x["ipc"] == i and not x["method"].startswith("external")), None)
     if a:
       ratio = a["bytes_soft_labels"] / max(a["bytes_images"], 1)
       lines.append(f"| {i} | {a['stored_images']} | {_human(a['bytes_images'])} | "
                    f"{_human(a['bytes_soft_labels'])} | {ratio:.1f}x |")
+  return "\n".join(lines) + "\n"
+
+
+def best_table(agg: list[dict], eval_every_epochs: int) -> str:
+  """The best top-1 over the periodic evaluations (every eval_every_epochs) and the final one,
+  as the reference PyTorch benchmark reports it; with one seed the epoch of the best follows.
+  Empty without periodic evaluations (best = final then). "n/a": rows cached without it."""
+  if not eval_every_epochs or not agg:
+    return ""
+
+  def cell(a: dict) -> str:
+    text = _mean_pm_std(a.get("top1_best_mean"), a.get("top1_best_std"), a.get("top1_best_n", 0))
+    epochs = a.get("top1_best_epochs") or []
+    if len(epochs) == 1 and epochs[0] is not None:
+      text += f" (ep {epochs[0]:g})"
+    return text
+  lines = _method_grid(agg, cell, "Best test top-1 %")
+  lines[1:1] = ["", f"The highest of the evaluations every {eval_every_epochs} epochs and the "
+                "final one, as the reference benchmark reports it (chosen on the test split, so "
+                "optimistic next to the final top-1 above)."]
+  return "\n".join(lines) + "\n"
+
+
+def _signed(v: float | None, sign: bool = False) -> str:
+  return "n/a" if v is None else (f"{v:+.1f}" if sign else f"{v:.1f}")
+
+
+def dd_ranking_table(agg: list[dict], full_top1: float | None, why_no_full: str = "",
+                     key: str = DD_RANKING_ACCURACY) -> str:
+  """DD-Ranking scores per method x IPC x label mode (means over seeds): "IOR / HLR / LRS", with
+  the full-data accuracy they compare against, or why it is missing (HLR, LRS then n/a)."""
+  if not agg:
+    return ""
+  which = "final" if key == "top1" else "best"
+  full = (f"full data (teacher): {full_top1:.1f} % (test top-1 of the benchmark's teacher, "
+          "trained on the full train split)" if full_top1 is not None else
+          f"full data (teacher): n/a ({why_no_full or 'unknown'}): HLR and LRS are n/a")
+
+  def cell(a: dict) -> str:
+    return " / ".join([_signed(a.get("ior_mean"), True), _signed(a.get("hlr_mean")),
+                       _signed(a.get("lrs_mean"))])
+  lines = _method_grid(agg, cell, f"DD-Ranking scores (Li et al. 2025) from the {which} top-1")
+  lines[1:1] = ["", full, "",
+                "Each cell: IOR / HLR / LRS, means over seeds (std per score in benchmark.json). "
+                "IOR = acc - acc(random: same IPC, label mode and seed), HLR = acc(full data) - "
+                "acc, both in percentage points; LRS = (e^a - e^-1) / (e - e^-1) in %, a = "
+                "0.5 IOR - 0.5 HLR with accuracies as fractions. Higher IOR and LRS, lower HLR "
+                "are better."]
+  if any(a.get("ior_mean") is None for a in agg):
+    lines += ["", "IOR n/a: no `random` row at the same IPC, label mode and seed (add random to "
+              "benchmark.methods)."]
   return "\n".join(lines) + "\n"
 
 
@@ -119,7 +287,8 @@ def resolution_table(agg: list[dict]) -> str:
 
 def write_csv(rows: list[dict], path) -> None:
   from pca_jax.fs import save_text
-  fields = ["method", "ipc", "grid", "label", "seed", "resolution", "view_size", "top1", "top5", "stored_images",
+  fields = ["method", "ipc", "grid", "label", "seed", "resolution", "view_size", "top1",
+            "top1_best", "top1_best_epoch", "top5", "ior", "hlr", "lrs", "stored_images",
             "source_images_per_class", "bytes_images", "bytes_soft_labels", "train_wall_s",
             "train_img_per_s"]
   buf = io.StringIO()
@@ -147,8 +316,8 @@ def plot(agg: list[dict], path, title: str) -> None:
       if a["label"] == l and n not in names:
         names.append(n)
     for i, n in enumerate(names):
-      pts = sorted((a["ipc"], a["top1_mean"], a["top1_std"]) for a in agg
-                   if a["label"] == l and _name(a["method"], a["grid"], a.get("resolution", "full")) == n)
+      pts = sorted((a["ipc"], a["top1_mean"], a["top1_std"]) for a in agg if a["label"] == l
+                   and _name(a["method"], a["grid"], a.get("resolution", "full")) == n)
       x, y, e = zip(*pts)
       style = "-o" if n.startswith("pca") else "--s" if n.startswith("external") else "-."
       ax.errorbar(x, y, yerr=e, fmt=style, capsize=3, label=n, color=plt.cm.tab20(i % 20),

@@ -2,6 +2,7 @@
 
   score    K models a few epochs on the FULL train set, per-example difficulty   (pca/score.py)
   select   class-balanced, ipc * grid cells per class, easiest first            (pca/stages.py)
+           (or hardest / random / CCS: select.mode; by select.score, default score.kind)
   combine  whole selected images into grid mosaics
   store    the compressed dataset (images, labels, manifest, preview)
   train    a fresh model on the compressed set, patch-constrained crops

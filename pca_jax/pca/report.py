@@ -22,17 +22,22 @@ def _fmt(v, spec="{:.2f}"):
 
 
 def _prune_line(cfg, summaries) -> str:
+  from pca_jax.config import select_score
   if cfg.select.mode == "random":
     return "Prune: class-balanced random selection (no scores)."
+  how = f"{cfg.select.mode} {select_score(cfg)}"
+  if cfg.select.mode == "ccs":
+    how += f" (cutoff {cfg.select.ccs_beta}, {cfg.select.ccs_strata} strata)"
   if "score" not in summaries:
-    return f"Prune: {cfg.select.mode} {cfg.score.kind} from a score stage that is not current."
+    return f"Prune: {how} from a score stage that is not current."
   if summaries["score"].get("precomputed"):
-    return f"Prune: {cfg.select.mode} {cfg.score.kind}, precomputed ({cfg.score.scores_path})."
-  return (f"Prune: {cfg.select.mode} {cfg.score.kind}, mean of {cfg.score.num_models} models "
+    return f"Prune: {how}, precomputed ({cfg.score.scores_path})."
+  return (f"Prune: {how}, mean of {cfg.score.num_models} models "
           f"trained {cfg.score.train.epochs} epochs on the full train set.")
 
 
 def stage_report(run, stage) -> dict:
+  from pca_jax.config import select_score
   from pca_jax.fs import read_json, save_json, save_text
 
   cfg = run.config
@@ -47,7 +52,7 @@ def stage_report(run, stage) -> dict:
   results = {
       "method": cfg.method, "dataset": manifest.get("source", {}).get("name", cfg.data.source),
       "ipc": cfg.select.ipc, "grid": list(cfg.combine.grid), "selection": cfg.select.mode,
-      "score": cfg.score.kind if cfg.select.mode != "random" else None,
+      "score": select_score(cfg) if cfg.select.mode != "random" else None,
       "model": cfg.model.name, "width": cfg.model.width,
       "labels": label_mode, "crop": cfg.train.crop, "resolution": cfg.train.resolution,
       "top1": ev.get("eval_top1"), "top5": ev.get("eval_top5"), "test_images": ev.get("eval_count"),

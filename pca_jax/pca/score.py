@@ -2,8 +2,9 @@
 
 Writes labels.npy, scores_<name>.npy for every forward score of pca_jax.scoring.SCORES (mean over
 the K models) and score/<name>_per_model.npy, scores.npy (the selection score, score.kind),
-scores_forgetting.npy with score.forgetting, and score_hist.png. Each model k has its own seed
-derive_seed(seed, "score_model", k): its own initialisation, data order and augmentation.
+scores_forgetting.npy with score.forgetting, scores_aum.npy (negated AUM) with score.aum, and
+score_hist.png. Each model k has its own seed derive_seed(seed, "score_model", k): its own
+initialisation, data order and augmentation.
 """
 
 from __future__ import annotations
@@ -96,11 +97,14 @@ def _score_all(run, variables, names, desc) -> dict:
     progress.close()
 
 
-def _train_model(run, stage, k: int) -> tuple[dict, dict, np.ndarray | None]:
-  """Trains scoring model k: (variables, {train_loss, train_acc}, forgetting counts or None).
+def _train_model(run, stage, k: int) -> tuple[dict, dict, dict[str, np.ndarray]]:
+  """Trains scoring model k: (variables, {train_loss, train_acc}, {history score: [N]}).
 
-  With score.forgetting the model trains epoch by epoch (each call resumes from the last
-  checkpoint) and after every epoch records which examples it classifies correctly.
+  With score.forgetting or score.aum the model trains epoch by epoch (each call resumes from the
+  last checkpoint) and after every epoch one eval-mode pass over the train set records which
+  examples it classifies correctly and their margins (score/model_k/correct_epoch<e>.npy and
+  margin_epoch<e>.npy; an epoch whose files are there is read back, not recomputed). The third
+  element holds "forgetting" [N] with score.forgetting and "aum" [N] with score.aum.
   """
   import jax
   from pca_jax.data import pipeline
@@ -111,26 +115,32 @@ def _train_model(run, stage, k: int) -> tuple[dict, dict, np.ndarray | None]:
   wd = run.path("score", f"model_{k}")
   desc = f"score model {k + 1}/{k_models}"
   fp = f"{stage.fingerprint}:model{k}"
-  forgetting = None
-  if cfg.score.forgetting:
+  history_scores = {}
+  if cfg.score.forgetting or cfg.score.aum:
     per_epoch = pipeline.train_steps_per_epoch(len(src.labels), cfg.score.train.batch_size)
-    history = []
+    correct, margins = [], []
     for e in range(1, cfg.score.train.epochs + 1):
-      f = wd / f"correct_epoch{e}.npy"
-      if f.exists():
-        history.append(fs.load_npy(f))
+      fc, fm = wd / f"correct_epoch{e}.npy", wd / f"margin_epoch{e}.npy"
+      if fc.exists() and fm.exists():
+        correct.append(fs.load_npy(fc))
+        margins.append(fs.load_npy(fm))
         continue
       mc.train.max_steps = e * per_epoch
       state, _ = train(mc, wd, src, None, desc=f"{desc} epoch {e}", log=run.log, fingerprint=fp)
-      corr = _score_all(run, [jax.device_get(variables_of(state))], ("correct",),
-                        f"correctness after epoch {e}")["correct"][0] > 0.5
-      fs.save_npy(f, corr)
-      history.append(corr)
-    forgetting = scoring.forgetting_counts(np.stack(history))
+      out = _score_all(run, [jax.device_get(variables_of(state))], ("correct", "margin"),
+                       f"correctness and margins after epoch {e}")
+      fs.save_npy(fm, out["margin"][0])  # margins first: an epoch is done when both are there
+      fs.save_npy(fc, out["correct"][0] > 0.5)
+      correct.append(out["correct"][0] > 0.5)
+      margins.append(out["margin"][0])
+    if cfg.score.forgetting:
+      history_scores["forgetting"] = scoring.forgetting_counts(np.stack(correct))
+    if cfg.score.aum:
+      history_scores["aum"] = scoring.aum_from_margins(np.stack(margins))
     mc.train.max_steps = 0
   state, m = train(mc, wd, src, None, desc=desc, log=run.log, fingerprint=fp)
   return (jax.device_get(variables_of(state)),
-          {"train_loss": m["train_loss"], "train_acc": m["train_acc"]}, forgetting)
+          {"train_loss": m["train_loss"], "train_acc": m["train_acc"]}, history_scores)
 
 
 def stage_score(run, stage) -> dict:
@@ -146,13 +156,13 @@ def stage_score(run, stage) -> dict:
     score_histogram(run.path("score_hist.png"), scores, labels, f"{cfg.score.kind} (precomputed)")
     return {**info, "precomputed": cfg.score.scores_path}
 
-  variables, train_metrics, forgetting = [], [], []
+  variables, train_metrics, history = [], [], {}
   for k in range(cfg.score.num_models):
-    v, m, f = _train_model(run, stage, k)
+    v, m, h = _train_model(run, stage, k)
     variables.append(v)
     train_metrics.append(m)
-    if f is not None:
-      forgetting.append(f)
+    for name, values in h.items():
+      history.setdefault(name, []).append(values)
   names = scoring.SELECTION_SCORES
   result = _score_all(run, variables, names, f"score {n} examples x {len(variables)} models")
   if not result["seen"].all():
@@ -163,9 +173,9 @@ def stage_score(run, stage) -> dict:
     fs.save_npy(run.path(f"scores_{name}.npy"), result[name].mean(axis=0))
   scores = result[cfg.score.kind].mean(axis=0)
   fs.save_npy(run.path("scores.npy"), scores)
-  if forgetting:
-    fs.save_npy(run.path("score", "forgetting_per_model.npy"), np.stack(forgetting))
-    fs.save_npy(run.path("scores_forgetting.npy"), np.mean(forgetting, axis=0))
+  for name, per_model in history.items():  # forgetting, aum: [K, N] and the mean over models
+    fs.save_npy(run.path("score", f"{name}_per_model.npy"), np.stack(per_model))
+    fs.save_npy(run.path(f"scores_{name}.npy"), np.mean(per_model, axis=0))
   if fs.is_writer():
     score_histogram(run.path("score_hist.png"), scores, labels,
                     f"{cfg.score.kind}, mean of {len(variables)} models")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from pca_jax import fs, rng
-from pca_jax.config import cells
+from pca_jax.config import cells, select_score
 
 
 def check_budget(run) -> None:
@@ -25,6 +25,8 @@ def check_budget(run) -> None:
 
 
 def stage_select(run, stage) -> dict:
+  """Selects ipc x cells examples per class by select.mode over the score select.score (empty:
+  scores.npy, i.e. score.kind or score.scores_path; else scores_<select.score>.npy)."""
   import jax
   from pca_jax.selection import select_per_class
 
@@ -33,16 +35,21 @@ def stage_select(run, stage) -> dict:
   per_class = cfg.select.ipc * cells(cfg)
   scores = None
   if cfg.select.mode != "random":
-    scores = fs.load_npy(run.require("scores.npy", "score"))
+    name = f"scores_{cfg.select.score}.npy" if cfg.select.score else "scores.npy"
+    scores = fs.load_npy(run.require(name, "score"))
     if scores.shape != labels.shape:
-      raise ValueError(f"scores.npy has {scores.shape[0]} entries but there are {len(labels)} "
+      raise ValueError(f"{name} has {scores.shape[0]} entries but there are {len(labels)} "
                        "examples; rerun the score stage")
   idx = select_per_class(scores, labels, per_class, cfg.select.mode,
                          key=jax.random.key(rng.derive_seed(cfg.seed, "select")),
-                         num_classes=run.train_source.num_classes)
+                         num_classes=run.train_source.num_classes,
+                         ccs_beta=cfg.select.ccs_beta, ccs_strata=cfg.select.ccs_strata)
   fs.save_npy(run.path("selected.npy"), idx)
   out = {"selected": int(idx.size), "per_class": per_class, "mode": cfg.select.mode}
+  if cfg.select.mode == "ccs":
+    out.update(ccs_beta=cfg.select.ccs_beta, ccs_strata=cfg.select.ccs_strata)
   if scores is not None:
+    out["score"] = select_score(cfg)
     out["mean_score_selected"] = float(scores[idx].mean())
     out["mean_score_all"] = float(scores.mean())
   return out
@@ -85,8 +92,10 @@ def stage_store(run, stage) -> dict:
   labels = fs.load_npy(run.path("combine", "labels.npy"))
   selection = {"mode": cfg.select.mode}
   if cfg.select.mode != "random":
-    selection.update({"score": cfg.score.kind, "num_models": cfg.score.num_models,
+    selection.update({"score": select_score(cfg), "num_models": cfg.score.num_models,
                       "scores_path": cfg.score.scores_path or None})
+  if cfg.select.mode == "ccs":
+    selection.update({"ccs_beta": cfg.select.ccs_beta, "ccs_strata": cfg.select.ccs_strata})
   manifest = set_manifest(run, cfg.method, cfg.select.ipc, cfg.combine.grid, cfg.seed,
                           fs.load_npy(run.path("selected.npy")), fit=cfg.combine.fit,
                           selection=selection, fingerprint=stage.fingerprint)
