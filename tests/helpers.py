@@ -1,4 +1,11 @@
-"""Tiny configs and datasets shared by the tests."""
+"""Tiny configs and datasets shared by the tests, and the local GCS emulator."""
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
 
 import ml_collections
 import numpy as np
@@ -51,7 +58,49 @@ def colour_source(n=64, num_classes=4, size=8, seed=0):
 
 def free_port() -> int:
   """A TCP port on 127.0.0.1 that nothing listens on (for servers the tests start)."""
-  import socket
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def gcs_emulator(bucket: str):
+  """Starts tests/gcs_emulator.py (a real GCS JSON API server on 127.0.0.1) with `bucket`, points
+  this process's clients at it (their standard environment variables; child processes inherit
+  them), and yields those variables; restores the environment and stops the server on exit."""
+  port = free_port()
+  server = subprocess.Popen(
+      [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator.py"),
+       str(port), bucket], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 30
+  while True:
+    try:
+      socket.create_connection(("127.0.0.1", port), timeout=1).close()
+      break
+    except OSError:
+      if time.time() > deadline or server.poll() is not None:
+        server.kill()
+        raise RuntimeError("the GCS emulator did not start")
+      time.sleep(0.2)
+  url = f"http://127.0.0.1:{port}"
+  env = {
+      "STORAGE_EMULATOR_HOST": url,          # gcsfs / google-cloud-storage
+      "FSSPEC_GCS_TOKEN": "anon",            # no credential lookup (no metadata server here)
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # no bucket-type RPCs the emulator lacks
+      "TENSORSTORE_GCS_HTTP_URL": url,       # Orbax's tensorstore
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+  }
+  old = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  import fsspec.config  # read its environment at import: read it again
+  fsspec.config.set_conf_env(fsspec.config.conf)
+  try:
+    yield env
+  finally:
+    for k, v in old.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+    server.terminate()
+    server.wait(timeout=10)

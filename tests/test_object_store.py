@@ -8,17 +8,15 @@ for checkpoints), pointed at it by their standard environment variables.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import free_port
+from tests.helpers import gcs_emulator
 from tests.test_main import ROOT, TINY
 
 BUCKET = "pca-jax-test"
@@ -27,42 +25,8 @@ BUCKET = "pca-jax-test"
 @pytest.fixture(scope="module")
 def gcs():
   """Starts the emulator; points this process and its children at it; yields the env."""
-  port = free_port()
-  server = subprocess.Popen(
-      [sys.executable, os.path.join(ROOT, "tests", "gcs_emulator.py"), str(port), BUCKET],
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 30
-  while True:
-    try:
-      socket.create_connection(("127.0.0.1", port), timeout=1).close()
-      break
-    except OSError:
-      if time.time() > deadline or server.poll() is not None:
-        server.kill()
-        raise RuntimeError("the GCS emulator did not start")
-      time.sleep(0.2)
-  url = f"http://127.0.0.1:{port}"
-  env = {
-      "STORAGE_EMULATOR_HOST": url,          # gcsfs / google-cloud-storage
-      "FSSPEC_GCS_TOKEN": "anon",            # no credential lookup (no metadata server here)
-      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # no bucket-type RPCs the emulator lacks
-      "TENSORSTORE_GCS_HTTP_URL": url,       # Orbax's tensorstore
-      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
-  }
-  old = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)
-  import fsspec.config  # read its environment at import: read it again
-  fsspec.config.set_conf_env(fsspec.config.conf)
-  try:
+  with gcs_emulator(BUCKET) as env:
     yield env
-  finally:
-    for k, v in old.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-    server.terminate()
-    server.wait(timeout=10)
 
 
 def _cli(args, cwd, env_extra, background=False):

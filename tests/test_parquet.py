@@ -9,10 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -24,8 +20,8 @@ from pca_jax.data import parquet
 from pca_jax.data.parquet import ParquetSource, export_parquet, is_parquet_dir
 from pca_jax.data.sources import DataError
 from pca_jax.data.store import write_compressed
+from tests.helpers import gcs_emulator
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # class ids in this order; not alphabetical, so a sorted-names bug changes the labels
 NAMES = ["zebra", "apple tree", "Äpfel/ü \"quoted\""]
 MANIFEST = {"method": "pca", "ipc": 3, "grid": [2, 2], "seed": 0,
@@ -226,38 +222,9 @@ def test_bad_input_names_the_problem(tmp_path):
 
 @pytest.fixture
 def gcs_bucket():
-  """The GCS emulator on a free port; this process pointed at it; yields the bucket URL."""
-  from tests.helpers import free_port
-  port, bucket = free_port(), "pca-jax-parquet"
-  server = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "gcs_emulator.py"),
-                             str(port), bucket], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-  deadline = time.time() + 30
-  while True:
-    try:
-      socket.create_connection(("127.0.0.1", port), timeout=1).close()
-      break
-    except OSError:
-      if time.time() > deadline or server.poll() is not None:
-        server.kill()
-        raise RuntimeError("the GCS emulator did not start")
-      time.sleep(0.2)
-  env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}", "FSSPEC_GCS_TOKEN": "anon",
-         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-  old = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)
-  import fsspec.config
-  fsspec.config.set_conf_env(fsspec.config.conf)
-  try:
-    yield f"gs://{bucket}"
-  finally:
-    for k, v in old.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-    server.terminate()
-    server.wait(timeout=10)
+  """The GCS emulator on a free port, this process pointed at it; yields the bucket URL."""
+  with gcs_emulator("pca-jax-parquet"):
+    yield "gs://pca-jax-parquet"
 
 
 def test_export_and_read_in_a_bucket(tmp_path, gcs_bucket):

@@ -239,3 +239,35 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
   torch.save([1, 2], tmp_path / "list.pth")
   with pytest.raises(ValueError, match="holds a list, not a state_dict"):
     read_state_dict(tmp_path / "list.pth")
+
+
+def test_benchmark_teacher_from_torchvision_weights(tmp_path):
+  """benchmark.teacher_weights: a torchvision state_dict becomes the benchmark's teacher, is
+  evaluated once (the full-data accuracy of HLR), and labels the soft-label cells; a missing
+  file or two teachers are refused up front."""
+  import json
+  from pca_jax import main as pca_main
+  from tests.test_benchmark import _bench_config
+  net = torch_resnet("resnet18", 10)
+  torch.save(net.state_dict(), tmp_path / "r18.pth")
+  c = _bench_config(methods="random", label_modes=("soft",),
+                    teacher_weights=str(tmp_path / "r18.pth"))
+  c.stages = "teacher,benchmark"
+  c.model.update(dict(name="resnet18", width=64, stem="imagenet", zero_init_residual=False))
+  c.train.epochs = 1
+  pca_main.run_pipeline(c, tmp_path / "run")
+  summary = json.loads((tmp_path / "run/stages/teacher.json").read_text())["summary"]
+  assert summary["teacher_weights"] == str(tmp_path / "r18.pth")
+  assert 0 <= summary["eval_top1"] <= 100
+  rows = json.loads((tmp_path / "run/benchmark.json").read_text())["rows"]
+  assert [(r["method"], r["label"]) for r in rows] == [("random", "soft")]
+  md = (tmp_path / "run/benchmark.md").read_text()
+  assert f"full data (teacher): {summary['eval_top1']:.1f} %" in md
+  for bad, message in ((dict(teacher_weights=str(tmp_path / "missing.pth")), "does not exist"),
+                       (dict(teacher_weights=str(tmp_path / "r18.pth"), teacher_workdir="x"),
+                        "both set")):
+    c2 = _bench_config(methods="random", label_modes=("soft",), **bad)
+    c2.stages = "teacher,benchmark"
+    with pytest.raises(ValueError, match=message):
+      pca_main.run_pipeline(c2, tmp_path / "run2")
+    assert not (tmp_path / "run2").exists()
