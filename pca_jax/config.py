@@ -20,9 +20,13 @@ from typing import Any, Iterable
 
 import ml_collections
 
-STAGES = ("score", "teacher", "select", "combine", "store", "train", "eval", "benchmark", "report")
+STAGES = ("score", "teacher", "tune", "select", "combine", "store", "train", "eval", "benchmark",
+          "report")
 PCA_STAGES = ("score", "select", "combine", "store", "train", "eval", "report")
 SELECT_MODES = ("easy", "hard", "random", "ccs")
+SELECT_ORDERS = ("easy", "random")
+TUNE_RESOLUTIONS = ("full", "patch")
+TUNE_CROPS = ("patch", "rrc")
 FITS = ("squash", "center_crop")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
@@ -138,6 +142,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.select.score = ""                # "" = score.kind (scores.npy); else a scoring.SCORES name
   c.select.ccs_beta = 0.1            # ccs: the hardest fraction of each class dropped first
   c.select.ccs_strata = 50           # ccs: score bins per class, sampled evenly
+  # mode "easy" only: the band (lo, hi) of every class's easiest-first ranking to select from
+  # (rank r of n is in it when lo <= (r + 0.5) / n < hi), taken easiest first ("easy") or
+  # uniformly at random ("random", seeded); (0, 1) + "easy" = classic easiest-first
+  c.select.window = (0.0, 1.0)
+  c.select.order = "easy"
 
   c.combine = ml_collections.ConfigDict()
   c.combine.grid = (2, 2)
@@ -148,6 +157,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.update(dict(epochs=300, batch_size=128, optimizer="adamw", lr=1e-3, weight_decay=0.01,
                       schedule="cosine", schedule_unit="epoch", crop="patch", crop_scale=(0.08, 1.0),
                       eval_every_epochs=50, checkpoint_every_steps=1000, eval_batch_size=500))
+
+  # The tune stage (add "tune" to config.stages; also the benchmark's pca_auto): a class-stratified
+  # val_fraction of the TRAIN split is held out, every candidate set (select.ipc stored images
+  # per class) of the search below is built from the rest, trained for `epochs` with config.train
+  # and each of `seeds`, and evaluated on the held-out images; the best mean top-1 wins, and ties
+  # within tie_tolerance points go to the cheaper set (fewer training FLOPs: smaller views, then
+  # the smaller grid). See pca_jax/pca/tune.py.
+  c.tune = ml_collections.ConfigDict()
+  c.tune.val_fraction = 0.2
+  c.tune.grids = ((1, 1), (2, 2))
+  c.tune.resolutions = ("full", "patch")      # patch only for square grids > 1
+  c.tune.windows = ((0.0, 1.0), (0.0, 0.5), (0.25, 0.75))   # with select.order
+  c.tune.prune = (True, False)                # True: by score in a window; False: random images
+  c.tune.crops = ("patch",)                   # "patch": inside one cell; "rrc": the whole mosaic
+  c.tune.epochs = 100
+  c.tune.seeds = (0,)
+  c.tune.tie_tolerance = 0.0                  # top-1 points
 
   # The DC benchmark (stages teacher, benchmark): see pca_jax/dc/.
   c.benchmark = ml_collections.ConfigDict()
@@ -369,6 +395,56 @@ def _check_synthesis(syn) -> None:
                      f"{scale}")
 
 
+def _check_tune(config, grid_ok) -> None:
+  """The tune block: every search value known and in range, at least one candidate.
+
+  grid_ok(field, grid) raises for a grid that does not fit data.image_size."""
+  from pca_jax.selection import check_window
+  tune = config.tune
+  f = tune.val_fraction
+  if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+    raise ValueError(f"tune.val_fraction must be a fraction in (0, 1) (the part of every class of "
+                     f"the train split held out for validation), got {f!r}")
+  for field in ("grids", "resolutions", "windows", "prune", "crops", "seeds"):
+    if not isinstance(tune[field], (list, tuple)) or not tune[field]:
+      raise ValueError(f"tune.{field} must be a non-empty tuple, got {tune[field]!r}")
+  for g in tune.grids:
+    grid_ok("tune.grids", tuple(g) if isinstance(g, (list, tuple)) else g)
+  for r in tune.resolutions:
+    if r not in TUNE_RESOLUTIONS:
+      raise ValueError(f"unknown tune.resolutions entry {r!r}; choose from {TUNE_RESOLUTIONS}")
+  for c in tune.crops:
+    if c not in TUNE_CROPS:
+      raise ValueError(f"unknown tune.crops entry {c!r}; choose from {TUNE_CROPS} (patch = "
+                       "inside one mosaic cell, rrc = the whole mosaic)")
+  for p in tune.prune:
+    if not isinstance(p, bool):
+      raise ValueError(f"tune.prune entries must be True (by score, in a window) or False "
+                       f"(random images), got {p!r}")
+  for w in tune.windows:
+    check_window(w, "tune.windows entry")
+  for field in ("epochs",):
+    if isinstance(tune[field], bool) or not isinstance(tune[field], int) or tune[field] < 1:
+      raise ValueError(f"tune.{field} must be a positive integer, got {tune[field]!r}")
+  if any(isinstance(s, bool) or not isinstance(s, int) for s in tune.seeds):
+    raise ValueError(f"tune.seeds must be integers, got {tuple(tune.seeds)}")
+  t = tune.tie_tolerance
+  if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+    raise ValueError(f"tune.tie_tolerance must be >= 0 (top-1 points), got {t!r}")
+  if not any(r == "full" or (int(g[0]) == int(g[1]) > 1) for g in tune.grids
+             for r in tune.resolutions):
+    raise ValueError(f"the tune search has no candidate: resolution 'patch' needs a square grid "
+                     f"> 1x1, tune.grids={tuple(tuple(g) for g in tune.grids)}; add 'full' to "
+                     "tune.resolutions or a square grid to tune.grids")
+
+
+def uses_tune(config) -> bool:
+  """Whether this config runs the tune search: stage tune, or the benchmark's pca_auto."""
+  stages = parse_stages(config.stages)
+  methods = [m.strip() for m in str(config.benchmark.methods).split(",")]
+  return "tune" in stages or ("benchmark" in stages and "pca_auto" in methods)
+
+
 def validate(config) -> None:
   """Raises ValueError naming the field for anything that cannot work (no data is read here)."""
   from pca_jax.models.resnet import DTYPES, MODELS
@@ -412,6 +488,15 @@ def validate(config) -> None:
                        "scores, but score.scores_path is set; leave select.score empty to select "
                        "by the precomputed scores")
   _check_ccs("select", config.select.ccs_beta, config.select.ccs_strata)
+  from pca_jax.selection import check_window
+  window = check_window(config.select.window, "select.window")
+  if config.select.order not in SELECT_ORDERS:
+    raise ValueError(f"unknown select.order {config.select.order!r}; choose one of "
+                     f"{SELECT_ORDERS}")
+  if config.select.mode != "easy" and (window != (0.0, 1.0) or config.select.order != "easy"):
+    raise ValueError(f"select.window={window} / select.order={config.select.order!r} refine "
+                     f"select.mode='easy' (the easiest-first ranking); with "
+                     f"select.mode={config.select.mode!r} leave them at (0.0, 1.0) and 'easy'")
   if config.combine.fit not in FITS:
     raise ValueError(f"unknown combine.fit {config.combine.fit!r}; choose one of {FITS}")
   grid = tuple(config.combine.grid)
@@ -433,6 +518,19 @@ def validate(config) -> None:
       view_sizes(probe)
     except ValueError as e:
       raise ValueError(f"{e} (combine.grid={grid}, data.image_size={size})") from None
+  if uses_tune(config):
+    def grid_ok(field, g):
+      if not isinstance(g, tuple) or len(g) != 2 or not all(
+          isinstance(x, int) and not isinstance(x, bool) for x in g) or min(g) < 1 or max(g) > 8:
+        raise ValueError(f"{field} entry {g} is out of range; use (rows, cols) between 1 and 8")
+      if size % g[0] or size % g[1]:
+        raise ValueError(f"{field} entry {g} does not divide data.image_size={size}; use grids "
+                         "that divide the image size")
+      if g[0] == g[1] > 1 and "patch" in tuple(config.tune.resolutions) and size // g[0] < 4:
+        raise ValueError(f"{field} entry {g}: cells of {size // g[0]}px are too small to train "
+                         "on at the patch resolution; drop that grid or 'patch' from "
+                         "tune.resolutions")
+    _check_tune(config, grid_ok)
   if "benchmark" in stages:
     from pca_jax.dc.plan import plan_cells
     plan_cells(config.benchmark, grid, size, {"x": 1})

@@ -2,12 +2,12 @@
 
   python -m pca_jax.main --config=configs/ipc50.py --workdir=runs/ipc50 [--config.train.epochs=5]
 
-Stages (config.stages, comma-separated, always run in this order): score, teacher, select, combine,
-store, train, eval, benchmark, report. PCA: pca_jax/pca/; the DC benchmark (teacher, benchmark):
-pca_jax/dc/; skip / resume / rerun decisions: pca_jax/runner.py. A finished stage is skipped on
-rerun unless --config.force=True or what it depends on changed; then it and every stage that reads
-it start from scratch. Bad input ends the run with one line on stderr and exit code 2; SIGTERM saves
-a checkpoint and exits with code 143 (rerun to resume).
+Stages (config.stages, comma-separated, always run in this order): score, teacher, tune, select,
+combine, store, train, eval, benchmark, report. PCA (and tune): pca_jax/pca/; the DC benchmark
+(teacher, benchmark): pca_jax/dc/; skip / resume / rerun decisions: pca_jax/runner.py. A finished
+stage is skipped on rerun unless --config.force=True or what it depends on changed; then it and
+every stage that reads it start from scratch. Bad input ends the run with one line on stderr and
+exit code 2; SIGTERM saves a checkpoint and exits with code 143 (rerun to resume).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def all_stages() -> list:
 
 def _open_sources(run, stages: list[str]) -> None:
   """Opens the datasets the stages read, so a missing or misconfigured dataset fails first."""
-  if set(stages) & {"score", "teacher", "select", "combine", "store", "benchmark"}:
+  if set(stages) & {"score", "teacher", "tune", "select", "combine", "store", "benchmark"}:
     run.train_source
   if set(stages) & {"teacher", "train", "eval", "benchmark"}:
     run.eval_source

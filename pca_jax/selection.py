@@ -1,7 +1,10 @@
 """Class-balanced selection of a fixed number of examples per class (the "Prune" of PCA).
 
 `select_per_class` takes the easiest, the hardest or random examples of every class, or runs
-Coverage-centric Coreset Selection (`ccs_per_class`, Zheng et al. 2023) inside every class.
+Coverage-centric Coreset Selection (`ccs_per_class`, Zheng et al. 2023) inside every class; in
+mode "easy" a difficulty window (`window_mask`) restricts it to a band of the easiest-first
+ranking, taken easiest first or at random. `validation_split` holds out a class-stratified part of
+a split (the tune stage's validation examples) and `select_from_pool` selects among the rest.
 """
 
 from __future__ import annotations
@@ -10,6 +13,41 @@ import jax
 import numpy as np
 
 MODES = ("easy", "hard", "random", "ccs")
+ORDERS = ("easy", "random")      # inside a difficulty window: easiest first, or uniformly at random
+FULL_WINDOW = (0.0, 1.0)
+
+
+def check_window(window, field: str = "window") -> tuple[float, float]:
+  """(lo, hi) as floats with 0 <= lo < hi <= 1, else a one-line ValueError naming `field`."""
+  try:
+    lo, hi = (float(w) for w in window)
+    ok = not any(isinstance(w, bool) for w in window) and 0.0 <= lo < hi <= 1.0
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise ValueError(f"{field}={tuple(window) if isinstance(window, (list, tuple)) else window!r} "
+                     "is not a window of the easiest-first ranking; use (lo, hi) with "
+                     "0 <= lo < hi <= 1, e.g. (0.0, 0.5) for the easiest half")
+  return lo, hi
+
+
+def window_mask(n: int, window) -> np.ndarray:
+  """Which ranks 0..n-1 of an easiest-first ranking of n examples the window (lo, hi) holds.
+
+  Rank r (0 = easiest) is held when the middle of its quantile cell lies in [lo, hi):
+  lo <= (r + 0.5) / n < hi. So (0, 1) holds every rank, adjacent windows (a, b) and (b, c)
+  split a ranking with no overlap and no gap, and a window holds about (hi - lo) * n ranks
+  (round((hi - lo) * n) up to one). The division is correctly rounded, so a decimal bound that
+  is exactly a cell middle (0.25 with n = 10: rank 2) is compared exactly. Returns [n] bool.
+  """
+  lo, hi = check_window(window)
+  middle = (np.arange(n) + 0.5) / n
+  return (middle >= lo) & (middle < hi)
+
+
+def window_count(n: int, window) -> int:
+  """How many of a class's n ranked examples the window holds (see window_mask)."""
+  return int(window_mask(n, window).sum())
 
 
 def _check_labels(labels: np.ndarray, ipc: int) -> np.ndarray:
@@ -62,7 +100,9 @@ def select_per_class(scores: np.ndarray | None,
                      num_classes: int | None = None,
                      *,
                      ccs_beta: float = 0.1,
-                     ccs_strata: int = 50) -> np.ndarray:
+                     ccs_strata: int = 50,
+                     window=FULL_WINDOW,
+                     order: str = "easy") -> np.ndarray:
   """Picks exactly `ipc` example indices from every class.
 
   Args:
@@ -76,32 +116,98 @@ def select_per_class(scores: np.ndarray | None,
     key: jax PRNG key, required for "random" and "ccs".
     num_classes: if given, every class 0..num_classes-1 must be present.
     ccs_beta, ccs_strata: "ccs" only, see `ccs_per_class` (beta, strata).
+    window: "easy" only: (lo, hi), the band of every class's easiest-first ranking to select
+      from (`window_mask`: rank r is held when lo <= (r + 0.5) / n_c < hi); (0, 1) = all,
+      (0, 0.5) = the easiest half, (0.25, 0.75) = the middle half.
+    order: "easy" only: "easy" = the easiest `ipc` of the window; "random" = `ipc` of the window
+      uniformly at random (without replacement, using `key`). With the default window and order,
+      "easy" is the classic easiest-first selection. The other modes take neither: their window
+      must stay (0, 1) and their order "easy" (a ValueError otherwise).
 
   Returns:
     [num_classes * ipc] int64 indices into the dataset, ordered by (class, rank): the first ipc
     belong to the smallest class id, easiest (or hardest / random order) first. Ties in score are
-    broken by the smaller index.
+    broken by the smaller index. order="random" keeps the order of the random draw.
   """
   if mode not in MODES:
     raise ValueError(f"unknown selection mode {mode!r}; choose one of {MODES}")
+  window = check_window(window)
+  if order not in ORDERS:
+    raise ValueError(f"unknown selection order {order!r}; choose one of {ORDERS}")
+  if mode != "easy" and (window != FULL_WINDOW or order != "easy"):
+    raise ValueError(f"select window {window} / order {order!r} refine mode 'easy' (the "
+                     f"easiest-first ranking); mode={mode!r} takes neither: leave window=(0.0, "
+                     "1.0) and order='easy', or use mode='easy'")
   if mode == "ccs":
     return ccs_per_class(scores, labels, ipc, key, beta=ccs_beta, strata=ccs_strata,
                          num_classes=num_classes)
   labels = _check_labels(labels, ipc)
+  if (mode == "random" or order == "random") and key is None:
+    raise ValueError(f"{'mode' if mode == 'random' else 'order'}='random' needs a PRNG key: pass "
+                     "key=jax.random.key(seed)")
   if mode == "random":
-    if key is None:
-      raise ValueError("mode='random' needs a PRNG key: pass key=jax.random.key(seed)")
     scores = np.asarray(jax.random.uniform(key, (labels.shape[0],)))
   else:
     scores = _check_scores(scores, labels, mode)
+  draw = np.asarray(jax.random.uniform(key, (labels.shape[0],))) if order == "random" else None
   classes = _classes(labels, ipc, num_classes)
   key_scores = -scores if mode == "hard" else scores
   chosen = []
   for c in classes:
     idx = np.flatnonzero(labels == c)
-    order = np.lexsort((idx, key_scores[idx]))  # primary: score, secondary: index
-    chosen.append(idx[order[:ipc]])
+    ranked = idx[np.lexsort((idx, key_scores[idx]))]  # primary: score, secondary: index
+    if window != FULL_WINDOW:
+      ranked = ranked[window_mask(len(ranked), window)]
+      if len(ranked) < ipc:
+        raise ValueError(f"class {int(c)} has only {len(ranked)} of its {len(idx)} examples in "
+                         f"the window {window} but ipc={ipc} were requested; widen the window "
+                         "or lower ipc")
+    if draw is not None:
+      ranked = ranked[np.argsort(draw[ranked], kind="stable")]
+    chosen.append(ranked[:ipc])
   return np.concatenate(chosen).astype(np.int64)
+
+
+def held_out_counts(counts: np.ndarray, fraction: float) -> np.ndarray:
+  """Examples `validation_split` holds out of classes of `counts` examples: floor(fraction * n),
+  at least 1 (0 for an empty class). counts [C] int -> [C] int64."""
+  counts = np.asarray(counts, np.int64)
+  return np.where(counts > 0, np.maximum(1, np.floor(fraction * counts).astype(np.int64)), 0)
+
+
+def validation_split(labels: np.ndarray, fraction: float, key: jax.Array) -> np.ndarray:
+  """A class-stratified validation split: `held_out_counts` examples of every class (the same
+  fraction of each), uniformly at random with `key`.
+
+  labels: [N] int. Returns the held-out indices, sorted, int64 [sum of held_out_counts]. Used by
+  the tune stage to choose settings without reading the test split.
+  """
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or \
+      not 0 < fraction < 1:
+    raise ValueError(f"validation fraction must be in (0, 1), got {fraction!r}")
+  labels = np.asarray(labels)
+  draw = np.asarray(jax.random.uniform(key, (labels.shape[0],)))
+  classes, counts = np.unique(labels, return_counts=True)
+  out = []
+  for c, k in zip(classes, held_out_counts(counts, fraction)):
+    idx = np.flatnonzero(labels == c)
+    out.append(idx[np.argsort(draw[idx], kind="stable")[:k]])
+  return np.sort(np.concatenate(out)).astype(np.int64) if out else np.zeros(0, np.int64)
+
+
+def select_from_pool(pool: np.ndarray | None, scores: np.ndarray | None, labels: np.ndarray,
+                     ipc: int, mode: str = "easy", key: jax.Array | None = None,
+                     num_classes: int | None = None, **kwargs) -> np.ndarray:
+  """`select_per_class` over the examples `pool` only (e.g. a train split minus its validation
+  split): the ranking, windows and random draws see only those examples. pool: [P] int dataset
+  indices or None (every example); scores, labels: [N] over the whole dataset. Returns dataset
+  indices, ordered as select_per_class orders them."""
+  if pool is None:
+    return select_per_class(scores, labels, ipc, mode, key, num_classes, **kwargs)
+  pool = np.asarray(pool, np.int64)
+  sub = select_per_class(None if scores is None else np.asarray(scores)[pool],
+                         np.asarray(labels)[pool], ipc, mode, key, num_classes, **kwargs)
+  return pool[sub]
 
 
 # ------------------------------------------------------------------------------------------- CCS

@@ -78,6 +78,27 @@ class ArraySource:
     return self.images[i], int(self._labels[i])
 
 
+class IndexSubset:
+  """The examples `indices` of another source, in that order, with its classes (e.g. the tune
+  stage's validation split, held out of the train split). Reads go through to the source."""
+
+  def __init__(self, source: Any, indices: np.ndarray, name: str | None = None):
+    self.source = source
+    self.indices = np.asarray(indices, np.int64)
+    self._labels = np.asarray(source.labels, np.int64)[self.indices]
+    self.class_names = list(source.class_names)
+    self.name = name or f"{source.name}[{len(self.indices)} examples]"
+
+  num_classes = property(lambda self: len(self.class_names))
+  labels = property(lambda self: self._labels)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
+
+
 def _check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
     bad = labels[(labels < 0) | (labels >= num_classes)][0]

@@ -15,6 +15,13 @@ under the fingerprint of what made it (pca_jax.dc.stages). To add a method, add 
                   benchmark.ccs_score (default aum), whole images (seeded)
   pca_<prune>     PCA with another prune step (entropy, forgetting, aum: easiest first; ccs),
                   mosaics of config.combine.grid only, patch-constrained crops
+  combine_random  the paper's ablation (Table 7), C + A without P: random images in
+                  config.combine.grid mosaics, patch-constrained crops (seeded)
+  pca_rrc         the ablation's P + C without A: PCA (easiest EL2N, config.combine.grid) with an
+                  unconstrained random-resized crop of the whole mosaic
+  pca_auto        PCA with grid, resolution, difficulty window (and the ablation switches) chosen
+                  per IPC and seed by the tune stage's search on a validation split held out of
+                  the train split (pca_jax.pca.tune); the set comes from the rest
   external        any compressed set given as an ImageFolder (not in this table: see dc.stages)
 """
 
@@ -36,12 +43,15 @@ class Method:
 
   build(run, ctx, per_class, grid, seed) -> (images uint8 [M, S, S, 3], labels [M], source
   indices): `per_class` = ipc x cells source images (or crops) per class, combined `grid`-wise.
-  ctx gives `scores(name)` and `teacher()`. `grids`: "whole" (1x1), "combine" (config.combine.grid)
-  "sweep" (benchmark.grids) or "rded" (benchmark.rded_factor squared). `crop`: the student's crop on this set. `score` / `teacher` /
+  ctx gives `scores(name)` and `teacher()`. build may return a 4th element: manifest extras
+  (e.g. "grid": the grid actually stored, "tune": the search and its choice). `grids`: "whole"
+  (1x1), "combine" (config.combine.grid), "sweep" (benchmark.grids) or "rded"
+  (benchmark.rded_factor squared). `crop`: the student's crop on this set. `score` / `teacher` /
   `seeded` / `fields`: what the set depends on, for its fingerprint; `score` is a name of
   scoring.SCORES or a dotted config field that holds one ("benchmark.ccs_score", then also in
   `fields`): `score_name(config)` resolves it. `distinct_images`: the set needs ipc x cells
-  distinct images of every class (cells that do not fit are skipped).
+  distinct images of every class (cells that do not fit are skipped). `searches`: the build runs
+  the tune search (pca_auto).
   """
   name: str
   build: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -52,6 +62,9 @@ class Method:
   seeded: bool = False
   fields: tuple[str, ...] = ()
   distinct_images: bool = True   # takes ipc x cells distinct source images of every class
+  # True: the build runs the tune search, which chooses the stored grid and the student's crop and
+  # resolution (returned in the manifest extras' "grid" and "tune"; see dc.stages.run_cell)
+  searches: bool = False
 
   def score_name(self, config) -> str | None:
     """The scoring.SCORES name this method reads under `config` (None: it reads no scores)."""
@@ -154,6 +167,24 @@ METHODS.update({
        for score in ("entropy", "forgetting", "aum")},
     "pca_ccs": Method("pca_ccs", _ccs, grids="combine", crop="patch", score="benchmark.ccs_score",
                       seeded=True, fields=_CCS_FIELDS),
+})
+
+
+def _auto(run, ctx, per_class, grid, seed):
+  from pca_jax.pca.tune import build_auto_set
+  return build_auto_set(run, ctx.scores("el2n"), per_class // (grid[0] * grid[1]), seed)
+
+
+# The paper's ablation (Table 7: what each of P, C, A adds; P + A alone is `pca` at 1x1) and PCA
+# with its settings chosen per dataset. pca_auto's set depends on everything its search reads.
+AUTO_FIELDS = ("tune", "select.order", "train", "model", "data.eval_crop_fraction")
+METHODS.update({
+    "combine_random": Method("combine_random", _random, grids="combine", crop="patch",
+                             seeded=True),
+    "pca_rrc": Method("pca_rrc", _pruned("el2n", "easy"), grids="combine", crop="rrc",
+                      score="el2n"),
+    "pca_auto": Method("pca_auto", _auto, crop="patch", score="el2n", seeded=True,
+                       fields=AUTO_FIELDS, searches=True),
 })
 
 

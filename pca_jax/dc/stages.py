@@ -222,9 +222,9 @@ class BenchmarkCache:
 
 
 def build_set(run, stage, ctx: SetContext, cache: BenchmarkCache, method: str, ipc: int, grid,
-              seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """(images, labels) of one method's compressed set: from benchmark/sets/ if it was made under
-  the same fingerprint, else built and written there."""
+              seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+  """(images, labels, manifest) of one method's compressed set: from benchmark/sets/ if it was
+  made under the same fingerprint, else built and written there."""
   from pca_jax.data.store import load_compressed, write_compressed
   from pca_jax.pca.stages import set_manifest
   m = METHODS[method]
@@ -233,14 +233,16 @@ def build_set(run, stage, ctx: SetContext, cache: BenchmarkCache, method: str, i
   path = run.path("benchmark", "sets", name)
   if cache.sets.get(name) == fp:
     cs = load_compressed(path)
-    return cs.images, cs.labels
+    return cs.images, cs.labels, cs.manifest
   if name in cache.sets:
     run.log(f"[benchmark] set {name} was made from other inputs: rebuilding it")
-  images, labels, source = m.build(run, ctx, ipc * grid[0] * grid[1], grid, seed)
-  manifest = set_manifest(run, method, ipc, grid, seed, source, fingerprint=fp)
+  images, labels, source, *more = m.build(run, ctx, ipc * grid[0] * grid[1], grid, seed)
+  extra = dict(more[0]) if more else {}
+  stored_grid = extra.pop("grid", grid)  # pca_auto: the grid its search chose
+  manifest = set_manifest(run, method, ipc, stored_grid, seed, source, fingerprint=fp, **extra)
   write_compressed(path, images, labels, manifest, class_names=run.train_source.class_names)
   cache.sets[name] = fp
-  return images, labels
+  return images, labels, manifest
 
 
 # --------------------------------------------------------------------------------------- cells
@@ -272,11 +274,17 @@ def cell_fingerprint(run, stage, set_identity: str, mc, label: str) -> str:
 
 
 def benchmark_derived(config) -> dict:
-  """The benchmark stage's derived fingerprint values: the external sets' (external_derived) and
+  """The benchmark stage's derived fingerprint values: the external sets' (external_derived),
   the eval cadence, which IGNORED_FIELDS drops from the `benchmark` field group, so that turning
-  it on reruns the stage (and with it every cell, see cell_fingerprint)."""
+  it on reruns the stage (and with it every cell, see cell_fingerprint), and, when a method runs
+  the tune search (pca_auto), the fields it reads that the stage's fields leave out."""
+  from pca_jax.dc.plan import method_names
   every = int(config.benchmark.get("eval_every_epochs", 0))
-  return {**external_derived(config), **({"eval_every_epochs": every} if every else {})}
+  searches = [m for m in method_names(config.benchmark) if m in METHODS and METHODS[m].searches]
+  search = config_values(config, ("tune", "select.order", "data.eval_crop_fraction")) \
+      if searches else {}
+  return {**external_derived(config), **({"eval_every_epochs": every} if every else {}),
+          **({"search": search} if search else {})}
 
 
 def _external_digest(images: np.ndarray, labels: np.ndarray) -> str:
@@ -293,11 +301,12 @@ def _cell_set(run, stage, cell, externals) -> tuple[str, str]:
           METHODS[method].crop)
 
 
-def _cell_data(run, stage, ctx, cache, cell, externals) -> tuple[np.ndarray, np.ndarray]:
-  """(images, labels) of a cell's compressed set, built (or taken from the cache) for it."""
+def _cell_data(run, stage, ctx, cache, cell, externals) -> tuple[np.ndarray, np.ndarray, dict]:
+  """(images, labels, manifest) of a cell's compressed set, built (or taken from the cache) for
+  it; external sets have an empty manifest here."""
   method = cell["method"]
   if method.startswith(f"{EXTERNAL}:"):
-    return externals[method.split(":", 1)[1]]
+    return (*externals[method.split(":", 1)[1]], {})
   return build_set(run, stage, ctx, cache, method, cell["ipc"], cell["grid"], cell["seed"])
 
 
@@ -317,7 +326,14 @@ def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> dict:
     if cached.get("fingerprint") == fp:
       return cached
     fs.remove(out / "row.json")  # made from other inputs: the trainer drops its stale checkpoints
-  images, labels = _cell_data(run, stage, ctx, cache, cell, externals)
+  images, labels, manifest = _cell_data(run, stage, ctx, cache, cell, externals)
+  grid, search = tuple(cell["grid"]), manifest.get("tune")
+  if search:  # pca_auto: the student trains as its search chose (the set's identity fixes the
+    # choice, so the fingerprint above, of the set identity and the planned config, keys it)
+    choice = search["choice"]
+    grid = tuple(choice["grid"])
+    mc = cell_trainer_config(run, {**cell, "grid": grid, "resolution": choice["resolution"]},
+                             choice["crop"])
   run.log(f"[benchmark] cell {cid}")
   num_classes = run.train_source.num_classes
   _, m = train(mc, out, InMemoryData(images, labels, num_classes), run.eval_source, desc=cid,
@@ -331,7 +347,7 @@ def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> dict:
   best_epoch = float(best_epoch)
   n_images = int(len(images))
   external = cell["method"].startswith(EXTERNAL)
-  per_class = None if external else cell["ipc"] * cell["grid"][0] * cell["grid"][1]
+  per_class = None if external else cell["ipc"] * grid[0] * grid[1]
   row = {**cell, "grid": list(cell["grid"]), "top1": m["eval_top1"], "top5": m["eval_top5"],
          "top1_best": best,
          "top1_best_epoch": int(best_epoch) if best_epoch.is_integer() else round(best_epoch, 3),
@@ -340,8 +356,12 @@ def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> dict:
          "bytes_soft_labels": tables.soft_label_bytes(n_images, mc.train.epochs, num_classes,
                                                       cfg.benchmark.soft_label_bytes_per_value),
          "train_wall_s": m["train_wall_s"], "train_img_per_s": m["train_img_per_s"],
-         "resolution": mc.train.resolution, "view_size": view_sizes(mc.train)[0],
+         "resolution": cell.get("resolution", "full"), "view_size": view_sizes(mc.train)[0],
          "fingerprint": fp}
+  if search:
+    row.update(chosen=choice["name"], chosen_grid=list(grid),
+               chosen_resolution=choice["resolution"], chosen_crop=choice["crop"],
+               chosen_val_top1=choice["val_top1_mean"], search_wall_s=search["search_wall_s"])
   fs.save_json(out / "row.json", row)
   run.log(f"[benchmark] {cid}: top-1 {row['top1']:.2f}% (best {best:.2f}% at epoch "
           f"{row['top1_best_epoch']})")
@@ -365,8 +385,13 @@ def check_benchmark(run) -> None:
       raise ValueError(f"benchmark.external set {name!r}: {path} is not a directory; pass "
                        "name=/path/to/imagefolder or name=/path/to/parquet_download")
     open_external(run, path)  # columns, classes: fail before any stage runs
-  plan_cells(cfg.benchmark, cfg.combine.grid, cfg.data.image_size,
-             {name: 1 for name in external_paths(cfg)})
+  cells, _ = plan_cells(cfg.benchmark, cfg.combine.grid, cfg.data.image_size,
+                        {name: 1 for name in external_paths(cfg)})
+  from pca_jax.pca.tune import check_search_budget
+  src = run.train_source
+  for ipc in sorted({c["ipc"] for c in cells if c["method"] in METHODS and
+                     METHODS[c["method"]].searches}):
+    check_search_budget(cfg, src.labels, src.num_classes, ipc, "benchmark.ipcs")
 
 
 def benchmark_needs(config) -> tuple[str, ...]:
@@ -408,7 +433,7 @@ def stage_benchmark(run, stage) -> dict:
           f"{cfg.train.epochs} epochs, final test top-1 % (after the last epoch)"
   parts = [tables.markdown_table(agg, title), tables.best_table(agg, every),
            tables.dd_ranking_table(agg, full_top1, why), tables.grid_table(agg),
-           tables.resolution_table(agg)]
+           tables.resolution_table(agg), tables.search_table(rows)]
   md = "\n".join(p for p in parts if p)
   if skipped:
     lines = []
@@ -421,8 +446,8 @@ def stage_benchmark(run, stage) -> dict:
   md += (f"\nSeeds: {list(bench.seeds)} (mean ± sample std when > 1). Soft labels: KL to the "
          f"teacher at T={cfg.train.temperature} on every view, CutMix alpha "
          f"{cfg.train.cutmix_alpha}. Every method trains the same student with the same schedule; "
-         "pca and pca_<prune> use patch-constrained crops, the others RandomResizedCrop of the "
-         "stored image.\n")
+         "pca, pca_<prune> and combine_random use patch-constrained crops, pca_auto the crops "
+         "its search chose, the others RandomResizedCrop of the stored image.\n")
   tables.write_csv(rows, run.path("benchmark.csv"))
   fs.save_text(run.path("benchmark.md"), md)
   fs.save_json(run.path("benchmark.json"), {

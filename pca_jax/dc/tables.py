@@ -285,12 +285,29 @@ def resolution_table(agg: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def search_table(rows: list[dict]) -> str:
+  """pca_auto's choices: per IPC, seed and label mode the settings its search chose on the
+  validation split, their val top-1, the search's wall time and the test top-1 of the cell."""
+  auto = sorted((r for r in rows if r.get("chosen")),
+                key=lambda r: (r["method"], r["ipc"], r["seed"], r["label"]))
+  if not auto:
+    return ""
+  lines = ["## Settings chosen per IPC and seed (tune search on a validation split of the train "
+           "split)", "",
+           "| method | IPC | seed | labels | chosen | val top-1 % | search wall s | test top-1 % |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in auto:
+    lines.append(f"| {r['method']} | {r['ipc']} | {r['seed']} | {r['label']} | {r['chosen']} | "
+                 f"{r['chosen_val_top1']:.1f} | {r['search_wall_s']:.1f} | {r['top1']:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
 def write_csv(rows: list[dict], path) -> None:
   from pca_jax.fs import save_text
   fields = ["method", "ipc", "grid", "label", "seed", "resolution", "view_size", "top1",
             "top1_best", "top1_best_epoch", "top5", "ior", "hlr", "lrs", "stored_images",
             "source_images_per_class", "bytes_images", "bytes_soft_labels", "train_wall_s",
-            "train_img_per_s"]
+            "train_img_per_s", "chosen", "chosen_val_top1", "search_wall_s"]
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
   w.writeheader()

@@ -12,7 +12,7 @@ PAPER_IMAGENET = {  # ResNet-18, hard labels, top-1 % (REFERENCE.md)
     50: {"random": 20.6, "el2n": 31.1, "pca": 39.1},
     100: {"random": 31.7, "el2n": 38.7, "pca": 45.5},
 }
-REPORTED = ("score", "select", "combine", "store", "train", "eval")
+REPORTED = ("score", "tune", "select", "combine", "store", "train", "eval")
 CROP_NAMES = {"patch": "patch-constrained crops inside one mosaic cell",
               "rrc": "random-resized crops of the whole stored image", "none": "no crops"}
 
@@ -21,11 +21,19 @@ def _fmt(v, spec="{:.2f}"):
   return "n/a" if v is None else spec.format(v)
 
 
+def _window(cfg) -> str:
+  """The selection's window, e.g. ' in the window 0-0.5 (at random)'; '' for the default."""
+  lo, hi = (float(w) for w in cfg.select.window)
+  if cfg.select.mode != "easy" or ((lo, hi) == (0.0, 1.0) and cfg.select.order == "easy"):
+    return ""
+  return f" in the window {lo:g}-{hi:g}" + (" (at random)" if cfg.select.order == "random" else "")
+
+
 def _prune_line(cfg, summaries) -> str:
   from pca_jax.config import select_score
   if cfg.select.mode == "random":
     return "Prune: class-balanced random selection (no scores)."
-  how = f"{cfg.select.mode} {select_score(cfg)}"
+  how = f"{cfg.select.mode} {select_score(cfg)}{_window(cfg)}"
   if cfg.select.mode == "ccs":
     how += f" (cutoff {cfg.select.ccs_beta}, {cfg.select.ccs_strata} strata)"
   if "score" not in summaries:
@@ -39,8 +47,11 @@ def _prune_line(cfg, summaries) -> str:
 def stage_report(run, stage) -> dict:
   from pca_jax.config import select_score
   from pca_jax.fs import read_json, save_json, save_text
+  from pca_jax.pca.tune import search_markdown, tuned_config, tuning
 
-  cfg = run.config
+  tuned = tuning(run.config)
+  # the chosen settings when the search is current; else the config as given
+  cfg = tuned_config(run) if tuned and "tune" in stage.upstream else run.config
   summaries = {s: stage.upstream[s]["summary"] for s in REPORTED if s in stage.upstream}
   walls = {s: round(stage.upstream[s]["wall_s"], 1) for s in REPORTED if s in stage.upstream}
   store, tr, ev = summaries.get("store", {}), summaries.get("train", {}), summaries.get("eval", {})
@@ -63,8 +74,16 @@ def stage_report(run, stage) -> dict:
       "train_loss": tr.get("train_loss"), "train_img_per_s": tr.get("train_img_per_s"),
       "wall_s": walls, "stages_reported": sorted(summaries),
   }
+  tune = read_json(run.path("tune.json")) if "tune" in summaries else None
+  if tune:
+    results["tune"] = {"choice": tune["choice"]["name"],
+                       "val_top1": tune["choice"]["val_top1_mean"],
+                       "val_examples": tune["val_examples"],
+                       "search_wall_s": tune["search_wall_s"]}
+    results["window"] = [float(w) for w in cfg.select.window]
+    results["order"] = cfg.select.order
   save_json(run.path("results.json"), results)
-  selection = f"{cfg.select.mode} {results['score'] or ''}".strip()
+  selection = f"{cfg.select.mode} {results['score'] or ''}{_window(cfg)}".strip()
   lines = [
       f"# PCA results: {results['dataset']}", "",
       "| method | IPC | grid | selection | labels | top-1 % | top-5 % | stored images | image bytes "
@@ -83,13 +102,26 @@ def stage_report(run, stage) -> dict:
         f"{cfg.train.resolution} resolution; final train loss {_fmt(tr.get('train_loss'), '{:.4f}')}.")
   if ev:
     lines.append(f"Evaluated on {ev['eval_count']} images of the {cfg.data.eval_split} split.")
-  missing = [s for s in REPORTED if s not in summaries]
+  missing = [s for s in REPORTED if s not in summaries and (s != "tune" or tuned)]
   if missing:
     lines.append(f"Not reported (not run, or made under another config): {', '.join(missing)}.")
+  if tune:
+    lines += [
+        "", "## Settings chosen on a validation split (tune stage)", "",
+        f"{tune['val_examples']} images ({tune['val_fraction']} of every class) held out of the "
+        f"{cfg.data.train_split} split for validation and left out of every candidate set and "
+        f"of the final set; the {cfg.data.eval_split} split was not read before the eval stage. "
+        f"Every candidate stores {tune['ipc']} images per class, trained {tune['epochs']} epochs "
+        f"with seeds {tune['seeds']}; tie rule: {tune['tie_rule']} (tolerance "
+        f"{tune['tie_tolerance']} points). Chosen (bold): {tune['choice']['name']}.", "",
+        *search_markdown(tune), "",
+        f"Search wall time: {tune['search_wall_s']:.1f} s."]
   lines += ["", "| stage | wall time (s) |", "|---|---|",
             *[f"| {s} | {t} |" for s, t in walls.items()], "",
             "Files: scores.npy, score_hist.png, selected.npy, compressed/ (images.npy, labels.npy, "
-            "manifest.json, preview.png), train/metrics.jsonl, train.json, eval.json."]
+            "manifest.json, preview.png), train/metrics.jsonl, train.json, eval.json"
+            + (", tune.json, tune/ (search.csv, val_indices.npy, sets/, runs/)." if tune else
+               ".")]
   if cfg.data.source == "tfds" and cfg.data.tfds_name == "imagenet2012" and \
       cfg.select.ipc in PAPER_IMAGENET:
     p = PAPER_IMAGENET[cfg.select.ipc]

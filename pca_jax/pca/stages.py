@@ -1,7 +1,10 @@
 """PCA's stages after scoring: select (Prune), combine (Combine), store, train (Augment), eval.
 
 Each is a function (run, stage) -> summary; pca_jax.pca declares what each reads, writes and depends
-on for the stage runner.
+on for the stage runner. In a run with the tune stage, each reads the tuned config
+(pca_jax.pca.tune.tuned_config: the search's choice of select.mode / window / order, combine.grid,
+train.resolution / crop) and select takes its images from the train split minus the validation
+split.
 """
 
 from __future__ import annotations
@@ -10,11 +13,16 @@ import numpy as np
 
 from pca_jax import fs, rng
 from pca_jax.config import cells, select_score
+from pca_jax.pca.tune import selection_pool, tuned_config, tuning
 
 
 def check_budget(run) -> None:
-  """Up front, from the labels alone: every class has the ipc x cells images select will take."""
+  """Up front, from the labels alone: every class has the ipc x cells images select will take
+  (inside select.window). A tuned run's budgets are the tune stage's check (tune.check_tune)."""
+  from pca_jax.selection import FULL_WINDOW, window_count
   cfg = run.config
+  if tuning(cfg):
+    return
   labels = np.asarray(run.train_source.labels)
   per_class = cfg.select.ipc * cells(cfg)
   counts = np.bincount(labels, minlength=run.train_source.num_classes)
@@ -22,32 +30,79 @@ def check_budget(run) -> None:
     c = int(np.argmin(counts))
     raise ValueError(f"select.ipc={cfg.select.ipc} x {cells(cfg)} grid cells = {per_class} images "
                      f"per class, but class {c} has only {counts[c]}; lower select.ipc or the grid")
+  window = tuple(float(w) for w in cfg.select.window)
+  if cfg.select.mode == "easy" and window != FULL_WINDOW:
+    held = np.array([window_count(int(n), window) for n in counts])
+    c = int(np.argmin(held))
+    if held[c] < per_class:
+      raise ValueError(f"select.ipc={cfg.select.ipc} x {cells(cfg)} grid cells = {per_class} "
+                       f"images per class, but select.window={window} holds only {held[c]} of "
+                       f"class {c}'s {counts[c]}; widen select.window, lower select.ipc or the "
+                       "grid")
+
+
+def select_needs(config) -> tuple[str, ...]:
+  """The stages select reads: the scores unless it selects at random; in a tuned run the tune
+  stage (its choice and validation split) and the scores if any candidate prunes."""
+  if tuning(config):
+    return (("score",) if any(config.tune.prune) else ()) + ("tune",)
+  return () if config.select.mode == "random" else ("score",)
+
+
+def selection_scores(run, cfg) -> np.ndarray:
+  """The [N] scores cfg.select ranks by: scores.npy (score.kind or score.scores_path) when
+  select.score is empty, else scores_<select.score>.npy."""
+  name = f"scores_{cfg.select.score}.npy" if cfg.select.score else "scores.npy"
+  scores = fs.load_npy(run.require(name, "score"))
+  n = len(run.train_source.labels)
+  if scores.shape != (n,):
+    raise ValueError(f"{name} has {scores.shape[0]} entries but there are {n} examples; rerun "
+                     "the score stage")
+  return scores
+
+
+def select_indices(cfg, scores, labels, per_class: int, key, num_classes: int,
+                   pool: np.ndarray | None = None) -> np.ndarray:
+  """The select stage's selection under cfg.select (mode, window, order, CCS settings) among the
+  examples `pool` (None: all): [num_classes * per_class] source indices by class. The tune
+  stage's candidates call it too, so the chosen candidate's set is the select stage's."""
+  from pca_jax.selection import select_from_pool
+  return select_from_pool(pool, scores, labels, per_class, cfg.select.mode, key=key,
+                          num_classes=num_classes, ccs_beta=cfg.select.ccs_beta,
+                          ccs_strata=cfg.select.ccs_strata,
+                          window=tuple(float(w) for w in cfg.select.window),
+                          order=cfg.select.order)
+
+
+def _selection(cfg) -> dict:
+  """What the selection was, for the select summary and the store manifest."""
+  out = {"mode": cfg.select.mode}
+  if cfg.select.mode == "easy":
+    out.update(window=[float(w) for w in cfg.select.window], order=cfg.select.order)
+  if cfg.select.mode == "ccs":
+    out.update(ccs_beta=cfg.select.ccs_beta, ccs_strata=cfg.select.ccs_strata)
+  return out
 
 
 def stage_select(run, stage) -> dict:
   """Selects ipc x cells examples per class by select.mode over the score select.score (empty:
-  scores.npy, i.e. score.kind or score.scores_path; else scores_<select.score>.npy)."""
+  scores.npy, i.e. score.kind or score.scores_path; else scores_<select.score>.npy), inside
+  select.window; in a tuned run with the chosen settings, from the train split minus tune's
+  validation split."""
   import jax
-  from pca_jax.selection import select_per_class
 
-  cfg = run.config
+  cfg = tuned_config(run)
   labels = np.asarray(run.train_source.labels)
   per_class = cfg.select.ipc * cells(cfg)
-  scores = None
-  if cfg.select.mode != "random":
-    name = f"scores_{cfg.select.score}.npy" if cfg.select.score else "scores.npy"
-    scores = fs.load_npy(run.require(name, "score"))
-    if scores.shape != labels.shape:
-      raise ValueError(f"{name} has {scores.shape[0]} entries but there are {len(labels)} "
-                       "examples; rerun the score stage")
-  idx = select_per_class(scores, labels, per_class, cfg.select.mode,
-                         key=jax.random.key(rng.derive_seed(cfg.seed, "select")),
-                         num_classes=run.train_source.num_classes,
-                         ccs_beta=cfg.select.ccs_beta, ccs_strata=cfg.select.ccs_strata)
+  scores = selection_scores(run, cfg) if cfg.select.mode != "random" else None
+  pool = selection_pool(run)
+  idx = select_indices(cfg, scores, labels, per_class,
+                       jax.random.key(rng.derive_seed(cfg.seed, "select")),
+                       run.train_source.num_classes, pool)
   fs.save_npy(run.path("selected.npy"), idx)
-  out = {"selected": int(idx.size), "per_class": per_class, "mode": cfg.select.mode}
-  if cfg.select.mode == "ccs":
-    out.update(ccs_beta=cfg.select.ccs_beta, ccs_strata=cfg.select.ccs_strata)
+  out = {"selected": int(idx.size), "per_class": per_class, **_selection(cfg)}
+  if pool is not None:
+    out["pool"] = int(len(pool))
   if scores is not None:
     out["score"] = select_score(cfg)
     out["mean_score_selected"] = float(scores[idx].mean())
@@ -58,7 +113,7 @@ def stage_select(run, stage) -> dict:
 def stage_combine(run, stage) -> dict:
   from pca_jax.data import pipeline
 
-  cfg = run.config
+  cfg = tuned_config(run)
   idx = fs.load_npy(run.require("selected.npy", "select"))
   size = cfg.data.image_size
   grid = tuple(int(g) for g in cfg.combine.grid)
@@ -87,18 +142,23 @@ def set_manifest(run, method: str, ipc: int, grid, seed: int, source_indices, **
 def stage_store(run, stage) -> dict:
   from pca_jax.data.store import write_compressed
 
-  cfg = run.config
+  cfg = tuned_config(run)
   mosaics = fs.load_npy(run.require("combine/mosaics.npy", "combine"), mmap=True)
   labels = fs.load_npy(run.path("combine", "labels.npy"))
-  selection = {"mode": cfg.select.mode}
+  selection = _selection(cfg)
   if cfg.select.mode != "random":
     selection.update({"score": select_score(cfg), "num_models": cfg.score.num_models,
                       "scores_path": cfg.score.scores_path or None})
-  if cfg.select.mode == "ccs":
-    selection.update({"ccs_beta": cfg.select.ccs_beta, "ccs_strata": cfg.select.ccs_strata})
+  extra = {}
+  if tuning(cfg):
+    tune = fs.read_json(run.path("tune.json"))
+    extra["tune"] = {"choice": tune["choice"], "search_wall_s": tune["search_wall_s"],
+                     "val_fraction": tune["val_fraction"], "val_examples": tune["val_examples"],
+                     "val_indices": "tune/val_indices.npy",
+                     "train": {"resolution": cfg.train.resolution, "crop": cfg.train.crop}}
   manifest = set_manifest(run, cfg.method, cfg.select.ipc, cfg.combine.grid, cfg.seed,
                           fs.load_npy(run.path("selected.npy")), fit=cfg.combine.fit,
-                          selection=selection, fingerprint=stage.fingerprint)
+                          selection=selection, fingerprint=stage.fingerprint, **extra)
   mosaics = np.asarray(mosaics)
   out = write_compressed(run.path("compressed"), mosaics, labels, manifest,
                          class_names=run.train_source.class_names)
@@ -109,9 +169,11 @@ def stage_store(run, stage) -> dict:
 
 
 def student_config(run):
-  """The student's trainer config: config.train with the mosaic grid and its own seed."""
-  mc = run.trainer_config(run.config.train, rng.derive_seed(run.config.seed, "student"))
-  mc.train.grid = tuple(run.config.combine.grid)
+  """The student's trainer config: config.train (tuned: with the chosen crop and resolution) with
+  the mosaic grid and its own seed."""
+  cfg = tuned_config(run)
+  mc = run.trainer_config(cfg.train, rng.derive_seed(cfg.seed, "student"))
+  mc.train.grid = tuple(cfg.combine.grid)
   return mc
 
 
@@ -121,7 +183,12 @@ def stage_train(run, stage) -> dict:
 
   cs = load_compressed(run.require("compressed", "store"))
   data = InMemoryData(cs.images, cs.labels, cs.manifest["num_classes"])
-  _, metrics = train(student_config(run), run.path("train"), data, run.eval_source, desc="train",
+  # a tuned run reads the test split in the eval stage only: no periodic test evaluations
+  eval_source = None if tuning(run.config) else run.eval_source
+  if eval_source is None and run.config.train.eval_every_epochs:
+    run.log("[train] tuned run: no periodic test evaluations (the test split is read by the "
+            "eval stage only)")
+  _, metrics = train(student_config(run), run.path("train"), data, eval_source, desc="train",
                      final_eval=False, log=run.log, fingerprint=stage.fingerprint)
   fs.save_json(run.path("train.json"), metrics)
   return {k: metrics[k] for k in ("steps", "train_loss", "train_acc", "train_img_per_s",
