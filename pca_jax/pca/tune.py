@@ -273,7 +273,7 @@ def search(run, out_dir, *, ipc: int, scores: np.ndarray | None, val_idx: np.nda
                           search_train_values(cfg), int(ipc),
                           list(seed_tags), int(select_seed), _digest(scores), _digest(val_idx))
   cands = candidates(cfg)
-  rows, indices = [], {}
+  rows, indices, trained = [], {}, {}
   t_search = time.time()
   for i, cand in enumerate(cands):
     t0 = time.time()
@@ -282,6 +282,16 @@ def search(run, out_dir, *, ipc: int, scores: np.ndarray | None, val_idx: np.nda
                          jax.random.key(select_seed), src.num_classes, pool)
     indices[cand.name] = idx
     fs.save_npy(out_dir / "sets" / f"{cand.name}.npy", idx)
+    # the same set trained the same way (e.g. windows (0, 1) and (0, 0.5) in easiest-first order
+    # when the budget fits in the easier half): the same student, so its result is reused
+    same = (_digest(idx), cand.grid, cand.resolution, cand.crop)
+    if same in trained:
+      earlier = trained[same]
+      rows.append({**earlier, "index": i, "name": cand.name, **cand.choice(),
+                   "same_as": earlier["name"], "wall_s": time.time() - t0})
+      log(f"[tune] {i + 1}/{len(cands)} {cand.name}: the set of {earlier['name']}, val top-1 "
+          f"{earlier['val_top1_mean']:.2f}% (not trained again)")
+      continue
     images, set_labels = pipeline.mosaics_from_source(src, idx, cand.grid, size, cfg.combine.fit,
                                                       cfg.data.num_threads)
     data = InMemoryData(images, set_labels, src.num_classes)
@@ -309,6 +319,7 @@ def search(run, out_dir, *, ipc: int, scores: np.ndarray | None, val_idx: np.nda
            "val_top1": tops, "val_top1_mean": float(np.mean(tops)),
            "wall_s": build_s + float(np.sum(walls))}
     rows.append(row)
+    trained[same] = row
     log(f"[tune] {i + 1}/{len(cands)} {cand.name}: val top-1 {row['val_top1_mean']:.2f}% "
         f"({row['wall_s']:.1f}s)")
   choice = pick_best(rows, float(cfg.tune.tie_tolerance))
