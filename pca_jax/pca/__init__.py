@@ -28,7 +28,6 @@ EVAL_DATA = ("data.source", "data.tfds_name", "data.data_dir", "data.eval_split"
              "data.eval_crop_fraction", "data.demo_image_size")
 
 
-
 def _and_tune(*needs: str):
   """needs -> needs + ("tune",) when the run tunes (the stage reads the tuned config)."""
   return lambda config: needs + (("tune",) if tune.tuning(config) else ())
