@@ -120,6 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
   # torchvision's resnet18 (the reference student) keeps every BatchNorm scale at 1; True zeroes
   # the last one of each residual block (Goyal et al.), as flax's example ResNet does.
   c.model.zero_init_residual = False
+  # "torch": convolutions pad k // 2 on each side like torchvision (its weights load exactly);
+  # "same": flax's "SAME" (stride-2 3x3 convs shifted a pixel), the layout before issue 17.
+  c.model.padding = "torch"
 
   # Prune: EL2N from K early-trained models on the FULL train set (data_diet style).
   c.score = ml_collections.ConfigDict()
@@ -460,6 +463,10 @@ def validate(config) -> None:
     raise ValueError(f"unknown model.name {config.model.name!r}; choose one of {sorted(MODELS)}")
   if config.model.dtype not in DTYPES:
     raise ValueError(f"unknown model.dtype {config.model.dtype!r}; choose one of {sorted(DTYPES)}")
+  from pca_jax.models.resnet import PADDINGS
+  if config.model.get("padding", "torch") not in PADDINGS:
+    raise ValueError(f"unknown model.padding {config.model.padding!r}; choose one of {PADDINGS} "
+                     "(torch: torchvision's layout; same: checkpoints made before it)")
   if config.model.stem not in ("imagenet", "small"):
     raise ValueError(f"unknown model.stem {config.model.stem!r}; use imagenet or small")
   if not isinstance(config.model.width, int) or config.model.width < 1:

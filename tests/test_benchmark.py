@@ -275,12 +275,26 @@ def test_dd_ranking_scores_hand_values():
   assert tables.lrs(0.0, 0.0) == pytest.approx(0.2689414, abs=1e-7)  # a = 0: 1 / (1 + e)
   assert tables.lrs(1.0, -1.0) == pytest.approx(1.0) and tables.lrs(-1.0, 1.0) == pytest.approx(0.0)
   # rows hold percent: IOR / HLR in points, LRS in %; a missing input blanks what needs it
-  got = tables.dd_ranking_scores(30.0, 20.0, 90.0)
+  got = tables.dd_ranking_scores(30.0, 20.0, 90.0, 30.0)
   assert got == pytest.approx({"ior": 10.0, "hlr": 60.0, "lrs": 17.48302}, abs=1e-5)
-  assert tables.dd_ranking_scores(30.0, None, 90.0) == pytest.approx(
+  assert tables.dd_ranking_scores(30.0, None, 90.0, 30.0) == pytest.approx(
       {"ior": None, "hlr": 60.0, "lrs": None})
-  assert tables.dd_ranking_scores(30.0, 20.0, None) == pytest.approx(
+  assert tables.dd_ranking_scores(30.0, 20.0, None, 30.0) == pytest.approx(
       {"ior": 10.0, "hlr": None, "lrs": None})
+  # a soft-label row: IOR from its soft accuracy, HLR from the same set's HARD accuracy
+  # (DD-Ranking): soft 50 vs random soft 40 -> IOR 10; hard 30 -> HLR 60; a = 0.05 - 0.30
+  assert tables.dd_ranking_scores(50.0, 40.0, 90.0, 30.0) == pytest.approx(
+      {"ior": 10.0, "hlr": 60.0, "lrs": 17.48302}, abs=1e-5)
+  assert tables.dd_ranking_scores(50.0, 40.0, 90.0, None) == pytest.approx(
+      {"ior": 10.0, "hlr": None, "lrs": None})
+  rows = [{"method": m, "grid": [1, 1], "ipc": 10, "label": label, "seed": 0, "top1": acc}
+          for m, label, acc in (("random", "hard", 20.0), ("random", "soft", 40.0),
+                                ("sre2l", "hard", 30.0), ("sre2l", "soft", 50.0),
+                                ("rded", "soft", 45.0))]
+  got = {(r["method"], r["label"]): r for r in tables.with_dd_ranking(rows, 90.0)}
+  assert got[("sre2l", "soft")]["hlr"] == pytest.approx(60.0)   # from the hard row, 90 - 30
+  assert got[("sre2l", "soft")]["ior"] == pytest.approx(10.0)   # soft vs random soft
+  assert got[("rded", "soft")]["hlr"] is None and got[("rded", "soft")]["lrs"] is None
 
 
 def test_best_top1_over_periodic_evaluations():

@@ -2,7 +2,8 @@
 
 Follows LINs-lab/RDED `synthesize/` (ImageNet-1K scripts: factor 2, num_crop 5, mipc 300):
 
-1. per class, a pool of `mipc` random real images (all of the class if it has fewer);
+1. per class, a pool of `mipc` random real images (capped at the smallest class's size, so every
+   class has the same pool);
 2. from each ORIGINAL image (full decoded resolution), `num_crop` RandomResizedCrops with aspect
    ratio 1 and scale (0.08, 1), resized (antialiased) to image_size / factor;
 3. each crop is zero-padded (in normalised space) to image_size, centred, and scored by the

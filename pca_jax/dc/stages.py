@@ -156,8 +156,13 @@ def open_external(run, path: str):
   from pca_jax.data.sources import ImageFolderSource
   if is_parquet_dir(path):
     ext = ParquetSource(path)
-    return ext, external_class_ids(ext.class_names, run.train_source.class_names, path,
-                                   named=ext.has_class_names)
+    names = run.train_source.class_names
+    # class_id is the dataset's class index; ClassLabel names (e.g. "tench" where the dataset has
+    # "n01440764") are matched only when they are the dataset's names
+    named = ext.has_class_names and set(ext.class_names) <= set(names)
+    return ext, external_class_ids(ext.class_names if named else
+                                   [str(i) for i in range(len(ext.class_names))], names, path,
+                                   named=named)
   ext = ImageFolderSource(path)
   return ext, external_class_ids(ext.class_names, run.train_source.class_names, path)
 
@@ -201,7 +206,8 @@ def set_fingerprint(run, stage, method: str, ipc: int, grid, seed: int) -> str:
   if m.teacher:
     upstream["teacher"] = stage.upstream["teacher"]["id"]
   return fingerprint("set", method, int(ipc), list(grid), int(seed) if m.seeded else None,
-                     config_values(run.config, (*TRAIN_DATA, "combine.fit", *m.fields)), upstream)
+                     config_values(run.config, (*TRAIN_DATA, "combine.fit", *m.fields,
+                                                *(("seed",) if m.seeded else ()))), upstream)
 
 
 class BenchmarkCache:

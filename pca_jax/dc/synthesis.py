@@ -12,8 +12,8 @@ layer, 1 for the others). Every iteration draws one random-resized crop + flip f
 and rolls it by a random offset of up to `jitter` pixels (32 at 224 px, scaled with the image size);
 Adam (betas 0.5, 0.9), cosine learning-rate decay to 0, pixels clipped to the valid range after each
 step, the last iterate kept (the published settings, VILA-Lab/SRe2L recover.sh). CDA anneals the
-crop's minimum scale from 1.0 to 0.08 by a cosine over the first `cda_milestone` fraction of the
-iterations (easy to hard). The BatchNorm statistics are read from the Flax model itself with
+crop's minimum scale from 1.0 to 0.08 (synthesis.crop_scale[0]) by a cosine over the first
+`cda_milestone` fraction of the iterations (easy to hard). The BatchNorm statistics are read from the Flax model itself with
 `nn.intercept_methods` (no second model definition), so any Flax model with BatchNorm works.
 
 The batch is `synthesis.batch_size` (ipc index, class) pairs in order (ImageNet: 100 classes of one
@@ -93,13 +93,15 @@ def check_batch_norm_teacher(apply_fn, variables, image_size: int) -> None:
                  [1], variables)
 
 
-def cda_min_scale(iteration, iterations: int, milestone: float = 1.0):
-  """CDA's curriculum: the crop's minimum scale, cosine from 1.0 (iteration 0) down to 0.08 at
-  iteration milestone x iterations, 0.08 after (recover_cda_in1k.py, easy2hard_mode="cosine")."""
+def cda_min_scale(iteration, iterations: int, milestone: float = 1.0,
+                  final: float = CDA_FINAL_MIN_SCALE):
+  """CDA's curriculum: the crop's minimum scale, cosine from 1.0 (iteration 0) down to `final`
+  (0.08, the published value; synthesis.crop_scale[0]) at iteration milestone x iterations, `final`
+  after (recover_cda_in1k.py, easy2hard_mode="cosine")."""
   end = milestone * iterations
   it = jnp.asarray(iteration, jnp.float32)
-  cos = CDA_FINAL_MIN_SCALE + (1.0 - CDA_FINAL_MIN_SCALE) * (1 + jnp.cos(jnp.pi * it / max(end, 1e-9))) / 2
-  return jnp.where(it < end, cos, CDA_FINAL_MIN_SCALE)
+  cos = final + (1.0 - final) * (1 + jnp.cos(jnp.pi * it / max(end, 1e-9))) / 2
+  return jnp.where(it < end, cos, final)
 
 
 def jitter_pixels(jitter_at_224: int, image_size: int) -> int:
@@ -120,8 +122,12 @@ def to_uint8(x: jax.Array, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD)
 
 
 def initial_images(key: jax.Array, n: int, size: int) -> jax.Array:
-  """The starting point of recover(key, ...): N(0, 1) noise in normalised pixel space, [n, S, S, 3]."""
-  return jax.random.normal(jax.random.split(key)[0], (n, size, size, 3), jnp.float32)
+  """The starting point of recover(key, ...): N(0, 1) noise in normalised pixel space, [n, S, S, 3].
+  Example i's noise depends on (key, i) only, so padding the batch to another device count does
+  not change the real examples' start."""
+  k_init = jax.random.split(key)[0]
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k_init, i), (size, size, 3),
+                                              jnp.float32))(jnp.arange(n))
 
 
 def make_recover(apply_fn: Callable[..., jax.Array], *, image_size: int, iterations: int,
@@ -141,7 +147,8 @@ def make_recover(apply_fn: Callable[..., jax.Array], *, image_size: int, iterati
 
   def augmented(key, x, iteration):
     k_box, k_flip, k_roll = jax.random.split(key, 3)
-    min_scale = cda_min_scale(iteration, iterations, cda_milestone) if cda else crop_scale[0]
+    min_scale = (cda_min_scale(iteration, iterations, cda_milestone, crop_scale[0]) if cda
+                 else crop_scale[0])
     box = augment.sample_rrc_boxes(k_box, 1, size, size, (min_scale, crop_scale[1]))
     view = augment.crop_and_resize(x, jnp.repeat(box, x.shape[0], axis=0), (size, size))
     view = jnp.where(jax.random.bernoulli(k_flip), view[:, :, ::-1], view)

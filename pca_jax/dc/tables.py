@@ -69,18 +69,20 @@ def lrs(ior_value: float, hlr_value: float, weight: float = 0.5) -> float:
 
 
 def dd_ranking_scores(top1: float | None, random_top1: float | None,
-                      full_top1: float | None) -> dict:
-  """{"ior", "hlr", "lrs"} of one row from top-1 in percent (the method's, its random partner's,
-  the full data's); IOR and HLR in percentage points (differences: the same on percent as 100x
-  on fractions), LRS in percent of fractions' score. A score whose input is missing (no random
-  row, no full-data accuracy) is None."""
+                      full_top1: float | None, hard_top1: float | None) -> dict:
+  """{"ior", "hlr", "lrs"} of one row from top-1 in percent: the method's in this label mode, its
+  random partner's (same label mode), the full data's, and the same method's with HARD labels
+  (DD-Ranking's hard-label recovery: for a hard row its own top-1, for a soft row its hard
+  partner's). IOR and HLR in percentage points (differences: the same on percent as 100x on
+  fractions), LRS in percent of fractions' score. A score whose input is missing (no random row,
+  no hard row, no full-data accuracy) is None."""
   out = {"ior": None, "hlr": None, "lrs": None}
   if top1 is None:
     return out
   if random_top1 is not None:
     out["ior"] = ior(top1, random_top1)
-  if full_top1 is not None:
-    out["hlr"] = hlr(full_top1, top1)
+  if full_top1 is not None and hard_top1 is not None:
+    out["hlr"] = hlr(full_top1, hard_top1)
   if out["ior"] is not None and out["hlr"] is not None:
     out["lrs"] = 100.0 * lrs(out["ior"] / 100.0, out["hlr"] / 100.0)
   return out
@@ -94,12 +96,20 @@ def with_dd_ranking(rows: list[dict], full_top1: float | None,
                     key: str = DD_RANKING_ACCURACY) -> list[dict]:
   """Copies of the rows with "ior", "hlr", "lrs" (see dd_ranking_scores) from their `key` top-1.
   A row's random partner is the `random` row (whole images, full resolution) with the same IPC,
-  label mode and seed: the same number of real images, labels and student initialisation."""
+  label mode and seed: the same number of real images, labels and student initialisation. Its
+  hard partner (for HLR) is the same method, grid, IPC, seed and resolution with hard labels."""
   randoms = {_random_key(r): r.get(key) for r in rows
              if r["method"] == "random" and tuple(r["grid"]) == (1, 1)
              and r.get("resolution", "full") == "full"}
-  return [{**r, **dd_ranking_scores(r.get(key), randoms.get(_random_key(r)), full_top1)}
+  hards = {_hard_key(r): r.get(key) for r in rows if r["label"] == "hard"}
+  return [{**r, **dd_ranking_scores(r.get(key), randoms.get(_random_key(r)), full_top1,
+                                    hards.get(_hard_key(r)))}
           for r in rows]
+
+
+def _hard_key(r: dict) -> tuple:
+  return (r["method"], tuple(r["grid"]), int(r["ipc"]), int(r["seed"]),
+          r.get("resolution", "full"))
 
 
 # ---------------------------------------------------------------------------------- aggregation
@@ -240,7 +250,7 @@ def dd_ranking_table(agg: list[dict], full_top1: float | None, why_no_full: str 
   lines[1:1] = ["", full, "",
                 "Each cell: IOR / HLR / LRS, means over seeds (std per score in benchmark.json). "
                 "IOR = acc - acc(random: same IPC, label mode and seed), HLR = acc(full data) - "
-                "acc, both in percentage points; LRS = (e^a - e^-1) / (e - e^-1) in %, a = "
+                "acc(the same set with hard labels), both in percentage points; LRS = (e^a - e^-1) / (e - e^-1) in %, a = "
                 "0.5 IOR - 0.5 HLR with accuracies as fractions. Higher IOR and LRS, lower HLR "
                 "are better."]
   if any(a.get("ior_mean") is None for a in agg):

@@ -6,7 +6,9 @@
 `dtype` is the compute dtype (e.g. jnp.bfloat16); parameters are always float32.
 Every convolution pads like torch.nn.Conv2d(padding=k // 2): k // 2 on each side ("SAME" would
 pad (0, 1) in the stride-2 3x3 convs and shift them one pixel), so torchvision weights load
-exactly (pca_jax.models.torch_weights).
+exactly (pca_jax.models.torch_weights). `padding="same"` (config model.padding) keeps flax's
+"SAME", the layout of checkpoints written before; the field is part of every fingerprint that
+covers the model, so runs made under the old layout are never resumed under the new one.
 """
 
 from __future__ import annotations
@@ -272,13 +274,19 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   act: Callable = nn.relu
   zero_init_residual: bool = False
+  # "torch": every conv pads k // 2 on each side (torchvision); "same": flax's "SAME", the layout
+  # of checkpoints written before issue 17 (shifted stride-2 3x3 convs), kept to evaluate them.
+  padding: str = "torch"
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     if self.stem not in ("imagenet", "small"):
       raise ValueError(f"unknown stem {self.stem!r}; use 'imagenet' or 'small'")
-    conv = functools.partial(torch_padded_conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=TORCH_CONV_INIT)
+    if self.padding not in PADDINGS:
+      raise ValueError(f"unknown padding {self.padding!r}; choose one of {PADDINGS}")
+    conv = functools.partial(torch_padded_conv if self.padding == "torch" else nn.Conv,
+                             **({} if self.padding == "torch" else {"padding": "SAME"}),
+                             use_bias=False, dtype=self.dtype, kernel_init=TORCH_CONV_INIT)
     norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
     x = jnp.asarray(x, self.dtype)
@@ -307,12 +315,14 @@ ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=ResNetB
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=ResNetBlock)
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckResNetBlock)
 
+PADDINGS = ("torch", "same")
 MODELS = {"resnet10": ResNet10, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def create_model(name: str, num_classes: int, width: int = 64, stem: str = "imagenet",
-                 dtype: str = "float32", zero_init_residual: bool = False) -> ResNet:
+                 dtype: str = "float32", zero_init_residual: bool = False,
+                 padding: str = "torch") -> ResNet:
   """Builds a model by name, with a clear error for unknown names/dtypes."""
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
@@ -322,11 +332,15 @@ def create_model(name: str, num_classes: int, width: int = 64, stem: str = "imag
     raise ValueError(f"unknown stem {stem!r}; use 'imagenet' (224px) or 'small' (<=64px)")
   if width < 1:
     raise ValueError(f"model width must be >= 1, got {width}")
+  if padding not in PADDINGS:
+    raise ValueError(f"unknown model padding {padding!r}; choose one of {PADDINGS}")
   return MODELS[name](num_classes=num_classes, width=width, stem=stem, dtype=DTYPES[dtype],
-                      zero_init_residual=zero_init_residual)
+                      zero_init_residual=zero_init_residual, padding=padding)
 
 
 def model_from_config(model_config: Any, num_classes: int) -> ResNet:
-  """create_model from a config's `model` block (name, width, stem, dtype, zero_init_residual)."""
+  """create_model from a config's `model` block (name, width, stem, dtype, zero_init_residual,
+  padding)."""
   return create_model(model_config.name, num_classes, model_config.width, model_config.stem,
-                      model_config.dtype, model_config.get("zero_init_residual", False))
+                      model_config.dtype, model_config.get("zero_init_residual", False),
+                      model_config.get("padding", "torch"))

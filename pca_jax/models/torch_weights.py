@@ -190,6 +190,9 @@ def torchvision_to_flax(state_dict: Mapping[str, Any], model: ResNet) -> dict[st
   if not isinstance(model, ResNet):
     raise ValueError(f"torchvision weights load into a pca_jax ResNet, got {type(model).__name__}:"
                      " build it with pca_jax.models.create_model")
+  if model.padding != "torch":
+    raise ValueError(f"torchvision weights need the torchvision conv padding, but the model has "
+                     f"padding={model.padding!r}; use model.padding='torch'")
   target = _target(model)
   mapping = _mapping(model, target)
   keys = [str(k) for k in state_dict]

@@ -6,7 +6,9 @@ instead of assuming:
 
   1. a class-stratified `tune.val_fraction` of the TRAIN split is held out (tune/val_indices.npy,
      seeded); those images are in no candidate set and, in a tuned run, not in the final set
-     (the select stage selects from the rest); the test split (data.eval_split) is not read;
+     (the select stage selects from the rest); the test split (data.eval_split) is not read.
+     The score stage's models do train on the whole train split, the held-out images included:
+     the ranking the windows cut saw them (mild; no candidate stores or trains on them);
   2. every candidate of the search (`candidates`: tune.prune x tune.windows x tune.grids x
      tune.resolutions x tune.crops) builds its set at the run's budget, select.ipc stored images
      of data.image_size per class, from the rest of the train split, exactly as the select and
