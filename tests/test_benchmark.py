@@ -359,7 +359,6 @@ def test_dd_ranking_and_best_tables_with_synthetic_rows(tmp_path):
   assert {"top1_best", "top1_best_epoch", "ior", "hlr", "lrs"} <= set(got[0])
   old = next(r for r in got if r["method"] == "el2n_easy")
   assert old["top1_best"] == "" and old["ior"] == "" and old["hlr"] == "60.0"
-  print(tables.markdown_table(agg, "t") + "\n" + best + "\n" + dd)
 
 
 def test_benchmark_eval_every_epochs_is_validated():
