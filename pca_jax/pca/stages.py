@@ -13,7 +13,7 @@ import numpy as np
 
 from pca_jax import fs, rng
 from pca_jax.config import cells, select_score
-from pca_jax.pca.tune import selection_pool, tuned_config, tuning
+from pca_jax.pca.tune import selection_pool, tune_needs, tuned_config, tuning
 
 
 def check_budget(run) -> None:
@@ -45,7 +45,7 @@ def select_needs(config) -> tuple[str, ...]:
   """The stages select reads: the scores unless it selects at random; in a tuned run the tune
   stage (its choice and validation split) and the scores if any candidate prunes."""
   if tuning(config):
-    return (("score",) if any(config.tune.prune) else ()) + ("tune",)
+    return tune_needs(config) + ("tune",)
   return () if config.select.mode == "random" else ("score",)
 
 
