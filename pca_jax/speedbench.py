@@ -2,9 +2,8 @@
 
   python -m pca_jax.speedbench                                   # train step, scoring, augmentation
   python -m pca_jax.speedbench --what=train,score --size=112 --batch=64 --width=64
-  python -m pca_jax.speedbench --what=pipeline --n_images=2000   # Grain ImageFolder decode + resize
-  python -m pca_jax.speedbench --what=pipeline --size=224 --batch=1024 --n_images=16384 \
-      --prefetch_mb=1024                          # ... and its peak RSS under a read-ahead budget
+  python -m pca_jax.speedbench --what=pipeline --size=224 --threads=2   # Grain vs a 1-thread loop
+  python -m pca_jax.speedbench --what=decode --size=112   # PIL, PIL draft, simplejpeg: one thread
   python -m pca_jax.speedbench --what=scoring_memory --n_images=50000 --size=64   # peak host RSS
   python -m pca_jax.speedbench --what=torch,train --rounds=6 --steps=5   # JAX vs PyTorch, paired
 
@@ -26,7 +25,7 @@ from pathlib import Path
 from absl import app, flags
 
 flags.DEFINE_string("what", "train,score,augment", "comma list: train, score, augment, pipeline, "
-                    "scoring_memory, torch (needs requirements-bench.txt)")
+                    "decode, scoring_memory, torch (needs requirements-bench.txt)")
 flags.DEFINE_integer("batch", 64, "global batch size")
 flags.DEFINE_integer("size", 32, "image resolution")
 flags.DEFINE_integer("width", 64, "ResNet width (64 = ResNet-18)")
@@ -38,9 +37,10 @@ flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
 flags.DEFINE_integer("rounds", 1, "with --what=torch,train: time the two train steps in this many "
                      "alternating blocks of --steps steps; JAX/PyTorch is then the median of the "
                      "per-round ratios, which cancels the drift of a shared machine")
-flags.DEFINE_integer("n_images", 2000, "images for pipeline / scoring_memory")
-flags.DEFINE_string("data_dir", "", "ImageFolder for pipeline / scoring_memory (made if empty)")
-flags.DEFINE_float("prefetch_mb", 1024, "pipeline: host memory of decoded batches Grain may read "
+flags.DEFINE_integer("n_images", 2000, "images for pipeline / decode / scoring_memory")
+flags.DEFINE_string("data_dir", "", "ImageFolder for pipeline / decode / scoring_memory (made if "
+                    "empty: photo JPEGs for pipeline and decode, noise for scoring_memory)")
+flags.DEFINE_float("prefetch_mb", 1024, "pipeline: host memory of decoded images Grain may read "
                    "ahead (MiB; train.prefetch_mb / data.prefetch_mb)")
 flags.DEFINE_integer("threads", 8, "pipeline: Grain reader threads (capped at the read-ahead "
                      "buffer)")
@@ -186,7 +186,8 @@ def bench_augment():
 
 
 def _imagefolder(n: int, size: int) -> Path:
-  """An ImageFolder of n random JPEGs (10 classes), cached under the temp dir."""
+  """An ImageFolder of n upsampled-noise JPEGs (10 classes), cached under the temp dir: the
+  scoring_memory bench's data (its peak RSS does not depend on the pixels)."""
   import numpy as np
   from PIL import Image
   root = Path(FLAGS.data_dir or Path(tempfile.gettempdir()) / f"pca_jax_bench_{n}_{size}")
@@ -203,29 +204,145 @@ def _imagefolder(n: int, size: int) -> Path:
   return root
 
 
+PHOTO_FOLDER_VERSION = 1  # bump when _photo_folder's images change: the cache key holds it
+
+
+def _photo_crop(photo, rng, out_hw: tuple[int, int]):
+  """A random crop of a photograph resized to out_hw = (height, width): the box keeps out_hw's
+  aspect ratio and covers 55-100 % of the largest such box (random position), flipped left-right
+  half of the time. photo: uint8 [H, W, 3]; returns uint8 [out_h, out_w, 3]."""
+  import numpy as np
+  from PIL import Image
+  h, w = photo.shape[:2]
+  out_h, out_w = out_hw
+  full = min(h / out_h, w / out_w)  # the largest box of the output's aspect: full * out_hw
+  side = full * rng.uniform(0.55, 1.0)
+  bh, bw = int(round(side * out_h)), int(round(side * out_w))
+  top, left = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+  crop = Image.fromarray(photo[top:top + bh, left:left + bw]).resize((out_w, out_h),
+                                                                     Image.BICUBIC)
+  return np.asarray(crop)[:, ::-1] if rng.random() < 0.5 else np.asarray(crop)
+
+
+def _photo_folder(n: int) -> Path:
+  """An ImageFolder of n photographic JPEGs (10 classes), cached under the temp dir.
+
+  Random crops (_photo_crop) of the two photographs scikit-learn ships (china.jpg, flower.jpg,
+  640 x 427), written at ImageNet's typical 500 x 375 (one in four portrait, 375 x 500), quality
+  90: real photo statistics, so JPEG decoding costs what it costs on ImageNet (upsampled noise
+  decodes at another speed). Keyed by n and PHOTO_FOLDER_VERSION.
+  """
+  import numpy as np
+  from PIL import Image
+  from sklearn.datasets import load_sample_images
+  root = Path(FLAGS.data_dir or Path(tempfile.gettempdir()) /
+              f"pca_jax_bench_photos_v{PHOTO_FOLDER_VERSION}_{n}")
+  done = root / ".complete"
+  if done.exists():
+    return root
+  photos = load_sample_images().images
+  rng = np.random.default_rng(0)
+  for i in range(n):
+    d = root / f"class{i % 10}"
+    d.mkdir(parents=True, exist_ok=True)
+    out_hw = (500, 375) if rng.random() < 0.25 else (375, 500)
+    img = _photo_crop(photos[int(rng.integers(len(photos)))], rng, out_hw)
+    Image.fromarray(img).save(d / f"{i:06d}.jpg", quality=90)
+  done.write_text("ok")
+  return root
+
+
+PIPELINE_CROP_FRACTION = 0.875  # the eval transform: Resize(size / 0.875) + CenterCrop(size)
+
+
+def _bare_loop(files, size: int) -> dict:
+  """The reference for the pipeline: one thread, no Grain, PIL open + full decode + fit_image
+  (resize + centre crop) of each file; img/s."""
+  from PIL import Image
+  from pca_jax.data import pipeline
+  from pca_jax.data.sources import to_rgb_uint8
+  t = time.perf_counter()
+  for f in files:
+    with Image.open(f) as im:
+      im.load()
+      image = to_rgb_uint8(im)
+    pipeline.fit_image(image, size, PIPELINE_CROP_FRACTION)
+  return {"img_per_s": len(files) / (time.perf_counter() - t), "images": len(files)}
+
+
 def bench_pipeline():
-  """Host side: Grain reads an ImageFolder, decodes JPEGs and resizes (no model), reading ahead at
-  most --prefetch_mb MiB of decoded batches; reports img/s and the process's peak RSS (VmHWM)."""
+  """Host side on photo JPEGs (_photo_folder): Grain's ordered_batches (--threads reader threads,
+  DCT-scaled decoding, at most --prefetch_mb MiB of decoded images read ahead) against a
+  one-thread loop over the same files (_bare_loop). Reports img/s, img/s per core (of
+  os.cpu_count()), images per CPU-second of the process, the ratio pipeline per core / bare loop,
+  the decodes counted by pipeline.images_decoded, and the process's peak RSS (VmHWM)."""
   from pca_jax.data import pipeline
   from pca_jax.data.sources import ImageFolderSource
-  src = ImageFolderSource(_imagefolder(FLAGS.n_images, max(FLAGS.size * 2, 64)))
-  buffer, threads = pipeline.read_ahead(pipeline.image_batch_bytes(FLAGS.batch, FLAGS.size),
+  src = ImageFolderSource(_photo_folder(FLAGS.n_images))
+  for f in src.files:  # the files in the page cache for both timings
+    f.read_bytes()
+  bare = _bare_loop(src.files, FLAGS.size)
+  buffer, threads = pipeline.read_ahead(pipeline.image_batch_bytes(1, FLAGS.size),
                                         FLAGS.prefetch_mb, FLAGS.threads)
   rss_before = _rss_mib()
-  t = time.perf_counter()
+  decoded_before = pipeline.images_decoded()
+  t, cpu = time.perf_counter(), time.process_time()
   n = batches = 0
-  for b in pipeline.ordered_batches(src, FLAGS.batch, FLAGS.size, 0.875,
+  for b in pipeline.ordered_batches(src, FLAGS.batch, FLAGS.size, PIPELINE_CROP_FRACTION,
                                     num_threads=FLAGS.threads, prefetch_mb=FLAGS.prefetch_mb):
     n += int(b["mask"].sum())
     batches += 1
     if FLAGS.consume_ms > 0:
       time.sleep(FLAGS.consume_ms / 1000)
-  dt = time.perf_counter() - t
-  return {"img_per_s": n / dt, "images": n, "batches": batches, "threads": threads,
-          "prefetch_mb": FLAGS.prefetch_mb, "prefetch_buffer": buffer,
-          "batch_mib": pipeline.image_batch_bytes(FLAGS.batch, FLAGS.size) / 2 ** 20,
-          "consume_ms": FLAGS.consume_ms, "cpus": os.cpu_count(), "rss_before_mib": rss_before,
+  dt, cpu = time.perf_counter() - t, time.process_time() - cpu
+  cores = os.cpu_count() or 1
+  per_core = n / dt / cores
+  return {"img_per_s": n / dt, "img_per_s_per_core": per_core, "img_per_cpu_s": n / cpu,
+          "bare_loop_img_per_s": bare["img_per_s"], "per_core_over_bare": per_core /
+          bare["img_per_s"], "images": n, "batches": batches,
+          "images_decoded": pipeline.images_decoded() - decoded_before, "threads": threads,
+          "prefetch_mb": FLAGS.prefetch_mb, "prefetch_images": buffer,
+          "consume_ms": FLAGS.consume_ms, "cpus": cores, "rss_before_mib": rss_before,
           "peak_rss_process_mib": _peak_rss_mib()}
+
+
+def _decoders(min_side: int) -> dict:
+  """name -> (JPEG bytes -> (uint8 [H', W', 3], scale s, full (H, W))): the decoders that
+  sources.decode_image chooses between, at DCT scale 1/s = sources.dct_scale for min_side."""
+  from pca_jax.data import sources
+  decoders = {"pil_full": lambda data: sources._decode_pil(data, 0),
+              "pil_draft": lambda data: sources._decode_pil(data, min_side)}
+  if sources.simplejpeg is not None:
+    decoders["simplejpeg"] = lambda data: sources._decode_jpeg_turbo(data, min_side)
+  return decoders
+
+
+def bench_decode():
+  """JPEG decoding alone, one thread, on the photo JPEGs (_photo_folder, bytes in memory) for
+  --size (the eval transform's shorter side, size / 0.875, as min_side): PIL at full size, PIL's
+  Image.draft and simplejpeg (libjpeg-turbo) at the DCT scale sources.dct_scale picks (1/2 for
+  500 x 375 photos at 112px, none at 224px). Reports img/s of the decoding and of decoding + the
+  resize to the eval crop (sources._resize_reduced where reduced, then fit_image), and the mean
+  decoded shorter side."""
+  from pca_jax.data import pipeline, sources
+  files = sorted(_photo_folder(FLAGS.n_images).rglob("*.jpg"))
+  datas = [f.read_bytes() for f in files]
+  min_side = pipeline.resize_side(FLAGS.size, PIPELINE_CROP_FRACTION)
+  out = {"min_side": min_side, "images": len(datas)}
+  for name, decode in _decoders(min_side).items():
+    t = time.perf_counter()
+    sides = [min(decode(d)[0].shape[:2]) for d in datas]
+    dt = time.perf_counter() - t
+    t = time.perf_counter()
+    for d in datas:
+      image, scale, (height, width) = decode(d)
+      if scale > 1:
+        image = sources._resize_reduced(image, scale, height, width, min_side)
+      pipeline.fit_image(image, FLAGS.size, PIPELINE_CROP_FRACTION)
+    out[name] = {"img_per_s": len(datas) / dt,
+                 "with_fit_img_per_s": len(datas) / (time.perf_counter() - t),
+                 "decoded_short_side": statistics.mean(sides)}
+  return out
 
 
 def _status_mib(key: str) -> float:
@@ -357,7 +474,8 @@ def bench_paired():
 
 
 BENCHES = {"torch": bench_torch, "train": bench_train, "score": bench_score, "augment": bench_augment,
-           "pipeline": bench_pipeline, "scoring_memory": bench_scoring_memory}
+           "pipeline": bench_pipeline, "decode": bench_decode,
+           "scoring_memory": bench_scoring_memory}
 
 
 def host_info() -> dict:
@@ -417,11 +535,19 @@ def main(argv):
       continue
     r = BENCHES[name]()
     results["results"][name] = r
+    if name == "decode":
+      for d in (d for d in _decoders(0) if d in r):
+        print(f"{'decode ' + d:>22}: {r[d]['img_per_s']:8.1f} img/s, with fit_image "
+              f"{r[d]['with_fit_img_per_s']:7.1f} img/s (decoded shorter side "
+              f"{r[d]['decoded_short_side']:.0f}, min_side {r['min_side']})", flush=True)
+      continue
     rate = r.get("img_per_s")
     extra = "" if "min" not in r else f"  (min {r['min']:.1f}, max {r['max']:.1f})"
     if name == "pipeline":
-      extra += (f"  read-ahead {r['prefetch_buffer']} batches x {r['batch_mib']:.0f} MiB, "
-                f"{r['threads']} threads")
+      extra += (f" = {r['img_per_s_per_core']:.1f} per core ({r['cpus']}), "
+                f"{r['img_per_cpu_s']:.1f} per CPU-s; bare loop {r['bare_loop_img_per_s']:.1f}"
+                f" img/s, per core / bare {r['per_core_over_bare']:.2f}; read-ahead "
+                f"{r['prefetch_images']} images, {r['threads']} threads")
     print(f"{name:>15}: {rate:10.1f} img/s{extra}"
           + (f"  peak RSS {r['peak_rss_process_mib']:.0f} MiB"
              if name in ("scoring_memory", "pipeline") else ""), flush=True)

@@ -157,16 +157,24 @@ def test_train_batches_resume_and_iterator_state():
 
 def test_read_ahead_bounds_host_memory_in_bytes():
   mib = 1 << 20
+  assert pipeline.image_batch_bytes(1, 224) == 150_528
   assert pipeline.image_batch_bytes(1024, 224) == 154_140_672
-  # 224px x 1024: 6 decoded batches (924 MB) fit 1024 MiB, where the fixed buffer held 64 (9.9 GB)
+  # per-image elements (num_workers=0): 64 images in flight (9.6 MB at 224px) under any budget
+  # of >= 64 images; a budget below that holds floor(budget / image) images, and as many threads
+  image = pipeline.image_batch_bytes(1, 224)
+  assert pipeline.read_ahead(image, 1024, num_threads=8) == (64, 8)
+  assert pipeline.read_ahead(image, 1024, num_threads=100) == (64, 64)  # threads <= buffer
+  assert pipeline.read_ahead(image, 1, num_threads=8) == (6, 6)  # 1 MiB = 6.97 images
+  assert pipeline.read_ahead(image, 0, num_threads=8) == (1, 1)  # at least one
+  assert pipeline.read_ahead(pipeline.image_batch_bytes(1, 32), 1024, 8) == (64, 8)
+  # whole-batch elements (num_workers > 0 worker processes), 224px x 1024: 6 batches (924 MB) fit
+  # 1024 MiB, where the former fixed buffer held 64 (9.9 GB); each worker gets 1/num_workers
   assert pipeline.read_ahead(154_140_672, 1024, num_threads=16) == (6, 6)
   assert pipeline.read_ahead(154_140_672, 1024, num_threads=4) == (6, 4)
   assert pipeline.read_ahead(154_140_672, 4096, num_threads=8) == (27, 8)
   assert pipeline.read_ahead(154_140_672, 10_000, num_threads=8) == (64, 8)  # capped
-  assert pipeline.read_ahead(pipeline.image_batch_bytes(64, 32), 1024, 8) == (64, 8)  # tiny
-  assert pipeline.read_ahead(pipeline.image_batch_bytes(1, 224), 1024, 8) == (64, 8)  # images
-  assert pipeline.read_ahead(154_140_672, 100, num_threads=8) == (1, 1)  # at least one
-  assert pipeline.read_ahead(154_140_672, 0, num_threads=8) == (1, 1)
+  assert pipeline.read_ahead(154_140_672, 1024, num_threads=8, num_workers=2) == (3, 3)
+  assert pipeline.read_ahead(154_140_672, 100, num_threads=8) == (1, 1)
   assert pipeline.read_ahead(10 * mib, 100, num_threads=8) == (10, 8)  # exact fit counts
   assert pipeline.read_ahead(10 * mib, 100, num_threads=8, num_workers=4) == (2, 2)  # per worker
   with pytest.raises(ValueError, match="prefetch_mb"):
@@ -175,17 +183,35 @@ def test_read_ahead_bounds_host_memory_in_bytes():
     pipeline.read_ahead(1, float("nan"), 8)
 
 
-def test_pipelines_pass_the_read_ahead_to_grain():
+def _read_options(ds) -> str:
+  """The ReadOptions of the Grain prefetch stage in a pipeline's chain of datasets."""
+  while ds is not None:
+    if str(ds).startswith("PrefetchIterDataset("):
+      return str(ds)
+    ds = ds.parents[0] if ds.parents else None
+  raise AssertionError("no PrefetchIterDataset in the pipeline")
+
+
+def test_pipelines_pass_the_read_ahead_to_grain(monkeypatch):
   src = ArraySource(np.arange(20 * 48, dtype=np.uint8).reshape(20, 4, 4, 3), np.arange(20) % 2,
                     ["a", "b"])
-  elem = pipeline.image_batch_bytes(4, 4)  # 192 B per batch
-  budget = 3 * elem / (1 << 20)  # three batches, in MiB
+  image = pipeline.image_batch_bytes(1, 4)  # 48 B per 4px image
+  budget = 3 * image / (1 << 20)  # three images, in MiB
   for ds in (pipeline.ordered_batches(src, 4, 4, num_threads=8, prefetch_mb=budget),
              pipeline.train_batches(src, 4, 4, seed=0, num_epochs=2, num_threads=8,
                                     prefetch_mb=budget)):
-    assert "num_threads=3, prefetch_buffer_size=3" in str(ds)
-  assert "num_threads=8, prefetch_buffer_size=64" in str(pipeline.ordered_batches(src, 4, 4))
-  # a budget below one batch still reads (one at a time), in order, every example once
+    assert "num_threads=3, prefetch_buffer_size=3)" in _read_options(ds)  # elements are images
+  assert "num_threads=8, prefetch_buffer_size=64)" in _read_options(
+      pipeline.ordered_batches(src, 4, 4))
+  # with worker processes an element is a whole batch (192 B): 2 workers x 3 batches of budget
+  # (mp_prefetch hides its parents, so the options are caught on their way to Grain)
+  made = []
+  real = pipeline._read_options
+  monkeypatch.setattr(pipeline, "_read_options", lambda *a: made.append(real(*a)) or made[-1])
+  pipeline.ordered_batches(src, 4, 4, num_threads=8, num_workers=2,
+                           prefetch_mb=6 * pipeline.image_batch_bytes(4, 4) / (1 << 20))
+  assert [(o.num_threads, o.prefetch_buffer_size) for o in made] == [(3, 3)]
+  # a budget below one image still reads (one at a time), in order, every example once
   small = list(pipeline.ordered_batches(src, 4, 4, prefetch_mb=0))
   np.testing.assert_array_equal(np.concatenate([b["index"] for b in small]), np.arange(20))
   np.testing.assert_array_equal(np.concatenate([b["image"] for b in small]), src.images)
@@ -195,6 +221,138 @@ def test_pipelines_pass_the_read_ahead_to_grain():
   np.testing.assert_array_equal(np.stack(full), np.stack(tight))  # the bound changes no data
   chunks = list(pipeline.iter_images(src, np.arange(20), 4, 8, prefetch_mb=0))
   np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), src.images)
+
+
+def _photo_tree(root: Path) -> ImageFolderSource:
+  """11 JPEGs (and one PNG) cut from scikit-learn's two photographs at assorted sizes, 3 classes:
+  at 12px some decode at 1/2 or 1/4 size (min_side 12-14), some at full size."""
+  from sklearn.datasets import load_sample_images
+  photos = load_sample_images().images
+  sizes = [(60, 80), (45, 70), (100, 64), (33, 33), (29, 40), (200, 150), (14, 20), (57, 57),
+           (80, 60), (120, 90), (31, 47)]
+  for k, (h, w) in enumerate(sizes):
+    d = root / f"class_{k % 3}"
+    d.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(photos[k % 2]).resize((w, h), Image.BILINEAR,
+                                                 box=(k * 17, k * 9, k * 17 + 400, k * 9 + 300))
+    img.save(d / f"{k:02d}.{'png' if k == 4 else 'jpg'}", quality=90)
+  return ImageFolderSource(root)
+
+
+def _reference_ordered(source, local, size, crop_fraction, pi, pc):
+  """ordered_batches as a plain loop: batch s of process p holds examples (s * pc + p) * local ..
+  + local - 1, each read with min_side = the resize side, fit; zeros past the end."""
+  n, out = len(source), []
+  min_side = pipeline.resize_side(size, crop_fraction)
+  for s in range(pipeline.num_ordered_batches(n, local, pc)):
+    idx = np.arange(local) + (s * pc + pi) * local
+    images = [pipeline.fit_image(pipeline.read_example(source, int(i), min_side)[0], size,
+                                 crop_fraction) if i < n else np.zeros((size, size, 3), np.uint8)
+              for i in idx]
+    out.append({"image": np.stack(images),
+                "label": np.asarray([source.labels[i] if i < n else 0 for i in idx], np.int32),
+                "index": np.where(idx < n, idx, -1).astype(np.int64), "mask": idx < n})
+  return out
+
+
+def _reference_train(source, global_batch, size, seed, epochs, crop, pi, pc):
+  """train_batches as a plain loop over steps and positions."""
+  from pca_jax import rng
+  n, local, out = len(source), global_batch // pc, []
+  per_epoch = n // global_batch
+  for step in range(per_epoch * epochs):
+    epoch, j = divmod(step, per_epoch)
+    idx = pipeline.epoch_order(n, seed, epoch)[j * global_batch:(j + 1) * global_batch]
+    idx = idx[pi * local:(pi + 1) * local]
+    images = []
+    for k, i in enumerate(idx):
+      if crop is None:
+        images.append(pipeline.fit_image(pipeline.read_example(source, int(i), size)[0], size))
+      else:
+        gen = rng.host_rng(seed, "augment", step, pi * local + k)
+        images.append(pipeline.random_resized_crop_host(source[int(i)][0], size, gen, *crop))
+    out.append({"image": np.stack(images), "label": source.labels[idx].astype(np.int32),
+                "index": idx.astype(np.int64)})
+  return out
+
+
+def _assert_same_batches(got, expected):
+  assert len(got) == len(expected)
+  for g, e in zip(got, expected):
+    assert sorted(g) == sorted(e)
+    for key in e:
+      assert g[key].dtype == e[key].dtype and g[key].shape == e[key].shape, key
+      np.testing.assert_array_equal(g[key], e[key], err_msg=key)
+
+
+def test_per_image_pipelines_equal_a_reference_loop(tmp_path):
+  src = _photo_tree(tmp_path / "photos")
+  big = [f.name for f in src.files].index("05.jpg")  # 200 x 150 at min_side 14: decoded at
+  assert src.read(big, 14)[0].shape == (19, 14, 3)     # 1/8 (25 x 19), resized to 19 x 14
+  for pc in (1, 2):
+    for pi in range(pc):  # 11 examples, 2 per process: the last global batch is padded
+      got = list(pipeline.ordered_batches(src, 2, 12, 0.875, num_threads=3, process_index=pi,
+                                          process_count=pc))
+      _assert_same_batches(got, _reference_ordered(src, 2, 12, 0.875, pi, pc))
+  assert not got[-1]["mask"].all() and (got[-1]["image"][~got[-1]["mask"]] == 0).all()
+  crops = (None, ((0.25, 1.0), (3 / 4, 4 / 3)))
+  for crop in crops:
+    for pi in range(2):
+      got = list(pipeline.train_batches(src, 4, 12, seed=5, num_epochs=3, num_threads=3,
+                                        crop=crop, process_index=pi, process_count=2))
+      expected = _reference_train(src, 4, 12, 5, 3, crop, pi, 2)
+      _assert_same_batches(got, expected)
+      resumed = list(pipeline.train_batches(src, 4, 12, seed=5, num_epochs=3, start_step=3,
+                                            crop=crop, process_index=pi, process_count=2))
+      _assert_same_batches(resumed, expected[3:])
+
+
+class _CountingSource:
+  """A source that counts its reads (and offers only __getitem__, like a user's object)."""
+
+  def __init__(self, source):
+    self.source, self.reads = source, 0
+    self.labels = source.labels
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    self.reads += 1
+    return self.source[i]
+
+
+def test_images_decoded_counts_real_examples():
+  src = _CountingSource(ArraySource(np.arange(23 * 48, dtype=np.uint8).reshape(23, 4, 4, 3),
+                                    np.arange(23) % 3, ["a", "b", "c"]))
+  before = pipeline.images_decoded()
+  for p in range(2):  # 2 x 3 batches of 4: 24 slots, 23 examples, 1 padding slot
+    assert len(list(pipeline.ordered_batches(src, 4, 4, process_index=p, process_count=2))) == 3
+  assert pipeline.images_decoded() - before == 23
+  assert src.reads == 23  # padding reads nothing
+  before = pipeline.images_decoded()
+  assert len(list(pipeline.train_batches(src, 8, 4, seed=0, num_epochs=3, start_step=1))) == 5
+  assert pipeline.images_decoded() - before == 5 * 8
+  before = pipeline.images_decoded()
+  assert sum(len(c[0]) for c in pipeline.iter_images(src, np.arange(10), 4, 4)) == 10
+  assert pipeline.images_decoded() - before == 10
+  before = pipeline.images_decoded()
+  it = iter(pipeline.ordered_batches(src, 4, 4))
+  next(it)  # counted as delivered, not as read ahead
+  assert pipeline.images_decoded() - before == 4
+
+
+def test_worker_processes_fill_whole_batches_and_are_counted():
+  from absl import flags
+  if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags
+    flags.FLAGS.mark_as_parsed()
+  src = ArraySource(np.arange(23 * 48, dtype=np.uint8).reshape(23, 4, 4, 3), np.arange(23) % 3,
+                    ["a", "b", "c"])
+  before = pipeline.images_decoded()
+  got = list(pipeline.ordered_batches(src, 4, 4, num_workers=1))
+  assert pipeline.images_decoded() - before == 23  # counted in this (the consuming) process
+  _assert_same_batches([{k: np.asarray(v) for k, v in b.items()} for b in got],
+                       _reference_ordered(src, 4, 4, 1.0, 0, 1))
 
 
 def test_fit_image_resize_and_center_crop():

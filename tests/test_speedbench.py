@@ -63,17 +63,38 @@ def test_rounds_needs_torch_and_train(tmp_path):
   assert not (tmp_path / "b.json").exists()
 
 
-def test_pipeline_bench_reports_peak_rss_under_the_read_ahead_budget(tmp_path):
+def test_pipeline_and_decode_benches_on_photos(tmp_path):
   out = tmp_path / "bench.json"
   env = dict(os.environ, PYTHONPATH=ROOT)
-  budget = 2 * 8 * 16 * 16 * 3 / 2 ** 20  # two batches of 8 16px images, in MiB
-  r = subprocess.run([sys.executable, "-m", "pca_jax.speedbench", "--what=pipeline", "--size=16",
-                      "--batch=8", "--n_images=20", f"--data_dir={tmp_path / 'images'}",
-                      f"--prefetch_mb={budget}", f"--out={out}"], cwd=ROOT, env=env,
-                     capture_output=True, text=True, timeout=120)
+  budget = 2 * 16 * 16 * 3 / 2 ** 20  # two 16px images, in MiB
+  r = subprocess.run([sys.executable, "-m", "pca_jax.speedbench", "--what=pipeline,decode",
+                      "--size=16", "--batch=8", "--n_images=20", "--threads=4",
+                      f"--data_dir={tmp_path / 'images'}", f"--prefetch_mb={budget}",
+                      f"--out={out}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
-  p = json.loads(out.read_text())["results"]["pipeline"]
-  assert p["images"] == 20 and p["batches"] == 3 and p["img_per_s"] > 0
-  assert p["prefetch_buffer"] == 2 and p["threads"] == 2 and p["prefetch_mb"] == budget
+  res = json.loads(out.read_text())["results"]
+  p = res["pipeline"]
+  assert p["images"] == 20 and p["batches"] == 3 and p["images_decoded"] == 20
+  for key in ("img_per_s", "img_per_s_per_core", "img_per_cpu_s", "bare_loop_img_per_s",
+              "per_core_over_bare"):
+    assert p[key] > 0, key
+  assert p["img_per_s_per_core"] == pytest.approx(p["img_per_s"] / os.cpu_count())
+  assert p["per_core_over_bare"] == pytest.approx(p["img_per_s_per_core"] /
+                                                  p["bare_loop_img_per_s"])
+  assert p["prefetch_images"] == 2 and p["threads"] == 2 and p["prefetch_mb"] == budget
   assert 0 < p["rss_before_mib"] <= p["peak_rss_process_mib"]  # VmHWM: the whole process's peak
-  assert "read-ahead 2 batches x 0 MiB, 2 threads  peak RSS" in r.stdout
+  assert "read-ahead 2 images, 2 threads  peak RSS" in r.stdout and "per core / bare" in r.stdout
+  # the photos: 10 class folders of 500 x 375 / 375 x 500 JPEGs
+  from PIL import Image
+  folders = sorted(d for d in (tmp_path / "images").iterdir() if d.is_dir())
+  assert [f.name for f in folders] == [f"class{c}" for c in range(10)]
+  sizes = {Image.open(f).size for d in folders for f in d.iterdir()}
+  assert sizes <= {(500, 375), (375, 500)} and (500, 375) in sizes
+  d = res["decode"]
+  assert d["min_side"] == 18 and d["images"] == 20
+  for name in ("pil_full", "pil_draft", "simplejpeg"):
+    assert d[name]["img_per_s"] > 0 and d[name]["with_fit_img_per_s"] > 0, name
+    assert f"decode {name}:" in r.stdout
+  assert d["pil_full"]["decoded_short_side"] == 375  # full size; the others at 1/8: 47
+  assert d["pil_draft"]["decoded_short_side"] == d["simplejpeg"]["decoded_short_side"] == 47

@@ -117,12 +117,12 @@ class ParquetSource:
   """A Hugging Face parquet dataset (image + class_id columns) as a random-access source.
 
   Same interface as `sources.ImageFolderSource`: `name`, `class_names`, `num_classes`, `labels`
-  (int64 [N], no decoding), `__len__`, `__getitem__(i) -> (uint8 [H, W, 3], int)`. Rows are in
-  file order (sorted names), then row order within each file.
+  (int64 [N], no decoding), `__len__`, `read(i, min_side=0)` and `__getitem__(i) -> (uint8
+  [H, W, 3], int)`. Rows are in file order (sorted names), then row order within each file.
 
   Only the `image` and `class_id` columns are read, once, and the *encoded* image bytes stay in
-  memory as Arrow binary arrays (no per-image Python objects); each `__getitem__` decodes one
-  image (`sources.decode_image`). Why: a published subset is small next to its source and is read
+  memory as Arrow binary arrays (no per-image Python objects); each `read` decodes one image
+  (`sources.decode_image`). Why: a published subset is small next to its source and is read
   many times in training, so one read of the files beats re-reading parquet row groups per item.
   What it costs: the files' image bytes in RAM, e.g. IPC10 x 1000 classes of ~100 KB JPEGs is
   ~1 GB, IPC100 ~10 GB (decoded uint8 224 x 224 x 3 would be 15 GB for IPC100).
@@ -220,12 +220,18 @@ class ParquetSource:
     c = int(np.searchsorted(self._starts, i, side="right")) - 1
     return self._chunks[c][i - int(self._starts[c])].as_py()
 
-  def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+  def read(self, i: int, min_side: int = 0) -> tuple[np.ndarray, int]:
+    """(image uint8 [H, W, 3], label); min_side > 0 allows a DCT-scaled JPEG decoding whose
+    shorter side stays >= min_side (`sources.decode_image`)."""
     i = int(i)
     data = self.encoded(i)
     c = int(np.searchsorted(self._starts, i, side="right")) - 1
     row = self._chunk_row[c] + i - int(self._starts[c])
-    return decode_image(data, f"{self.files[self._chunk_file[c]]} row {row}"), int(self._labels[i])
+    return (decode_image(data, f"{self.files[self._chunk_file[c]]} row {row}", min_side),
+            int(self._labels[i]))
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+    return self.read(i)
 
 
 def _png(img: np.ndarray) -> bytes:

@@ -9,20 +9,38 @@
   also works.
 Each process reads only its shard: batches are split by jax.process_index()/process_count().
 
+Decoding is per image: a Grain element is ONE example, read (`sources.read_example`), decoded and
+resized on Grain's reader threads, and batches are stacked after, so every thread works on
+every batch. Only with num_workers > 0 worker processes (`mp_prefetch`) is an element a whole
+batch, so that a batch never spans workers; both are built from the same per-example loader
+(`_batched`). Where the image is resized to a known shorter side (fit_image), sources may decode
+JPEGs at 1/2, 1/4 or 1/8 size in the DCT domain (`sources.decode_image` with min_side).
+
 Read-ahead is bounded in bytes: Grain decodes up to `prefetch_buffer_size` elements ahead of the
-consumer, and an element of the batch pipelines is a whole decoded batch (154 MB at 224px with a
-local batch of 1024), so the buffer is sized from `prefetch_mb` by `read_ahead`, not fixed.
+consumer (images, or whole batches with num_workers > 0: 154 MB at 224px with a local batch of
+1024), so the buffer is sized from `prefetch_mb` by `read_ahead`, not fixed.
+`images_decoded()` counts the examples the pipelines of this process have delivered.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import threading
+from typing import Any, Callable
 
 import grain
 import jax
 import numpy as np
 from PIL import Image
+
+from pca_jax.data.sources import read_example, short_side_size
+
+
+def resize_side(size: int, crop_fraction: float = 1.0) -> int:
+  """The shorter side fit_image's centre crop resizes an image to: round(size / crop_fraction).
+  Readers pass it as min_side (`sources.read_example`), so that a large JPEG is decoded at
+  reduced size and resized to it by the source (fit_image then only crops)."""
+  return int(round(size / crop_fraction))
 
 
 def fit_image(image: np.ndarray, size: int, crop_fraction: float = 1.0,
@@ -42,14 +60,12 @@ def fit_image(image: np.ndarray, size: int, crop_fraction: float = 1.0,
                                                     reducing_gap=None))
   if fit != "center_crop":
     raise ValueError(f"unknown fit {fit!r}; use center_crop or squash")
-  short = int(round(size / crop_fraction))
-  if h <= w:
-    nh, nw = short, max(short, int(round(w * short / h)))
-  else:
-    nw, nh = short, max(short, int(round(h * short / w)))
-  im = Image.fromarray(image).resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+  nh, nw = short_side_size(h, w, resize_side(size, crop_fraction))
+  if (nh, nw) != (h, w):  # an image at that size (decode_image with min_side) is only cropped
+    image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR, reducing_gap=None))
   top, left = (nh - size) // 2, (nw - size) // 2
-  return np.asarray(im)[top:top + size, left:left + size]
+  # compact: an image waiting in the read-ahead holds S x S x 3 bytes, not the resized whole
+  return np.ascontiguousarray(image[top:top + size, left:left + size])
 
 
 def _process(process_index, process_count):
@@ -60,13 +76,14 @@ def _process(process_index, process_count):
   return pi, pc
 
 
-MAX_PREFETCH_BUFFER = 64  # Grain elements read ahead at most (the former fixed buffer)
+MAX_PREFETCH_BUFFER = 64  # Grain elements read ahead at most (images, or batches with workers)
 MIB = 1 << 20
 
 
 def image_batch_bytes(batch: int, image_size: int) -> int:
-  """Bytes of the decoded uint8 images of one element: batch x S x S x 3 (labels, indices and masks
-  add ~13 B per example and are left out). 224px, batch 1024: 154,140,672 B."""
+  """Bytes of the decoded uint8 images of `batch` examples: batch x S x S x 3 (labels, indices
+  and masks add ~13 B per example and are left out). 224px: 150,528 B per image; batch 1024:
+  154,140,672 B."""
   return int(batch) * int(image_size) ** 2 * 3
 
 
@@ -78,9 +95,16 @@ def read_ahead(element_bytes: int, prefetch_mb: float, num_threads: int,
   MAX_PREFETCH_BUFFER; with num_workers > 0 processes each worker has its own buffer, so each gets
   1/num_workers of the budget. Threads are capped at the buffer size: Grain submits at most
   `buffer` elements ahead, so threads beyond it would idle. The budget counts elements waiting or
-  being decoded in the buffer; the consumer's batch and `parallel.prefetch_to_device`'s queue
-  (train.prefetch batches) come on top. E.g. 224px, local batch 1024 (154,140,672 B) at 1024 MiB:
-  buffer 6, threads min(num_threads, 6).
+  being decoded in the buffer; the batch being stacked, the consumer's batch and
+  `parallel.prefetch_to_device`'s queue (train.prefetch batches) come on top.
+
+  Elements are single images (num_workers == 0): 64 images (9.6 MB at 224px) then stay in
+  flight, which keeps up to 64 threads busy; the batch-level read-ahead is
+  `parallel.prefetch_to_device`'s background thread, which stacks the next batches while the
+  device step runs. A longer image buffer buys nothing and costs: Grain's prefetch iterator
+  scans the buffer's ready prefix on every element (~1 us per ready element: 250 us per image
+  with 256 ready, i.e. a consumer capped at 4,000 img/s). With num_workers > 0 elements are whole
+  batches: at 224px x 1024 and 1024 MiB, buffer 6, threads min(num_threads, 6).
   """
   if not (prefetch_mb >= 0 and math.isfinite(prefetch_mb)):
     raise ValueError(f"prefetch_mb must be a finite number >= 0, got {prefetch_mb}")
@@ -97,12 +121,75 @@ def _read_options(element_bytes: int, prefetch_mb: float, num_threads: int,
   return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer)
 
 
-def _finish(ds: grain.MapDataset, element_bytes: int, prefetch_mb: float, num_threads: int,
-            num_workers: int) -> grain.IterDataset:
-  it = ds.to_iter_dataset(_read_options(element_bytes, prefetch_mb, num_threads, num_workers))
+_decoded = [0]  # examples delivered by this process's pipelines (see images_decoded)
+_decoded_lock = threading.Lock()
+
+
+def images_decoded() -> int:
+  """The number of examples the pipelines of this process have read from their sources and
+  delivered (ordered_batches, train_batches, iter_images; padding not counted).
+
+  Counted in the consuming process as each batch (iter_images: chunk) comes out, so worker
+  processes (num_workers > 0) are counted too; images read ahead but never consumed (an early
+  stop) are not. The difference around a stage is its decodes, e.g. epochs x N for scoring that
+  reads each image once for all K models.
+  """
+  return _decoded[0]
+
+
+def _count_decoded(n: int) -> None:
+  with _decoded_lock:
+    _decoded[0] += int(n)
+
+
+def _counted(batch: dict) -> dict:
+  _count_decoded(batch["mask"].sum() if "mask" in batch else len(batch["label"]))
+  return batch
+
+
+def _stack_examples(examples: list[dict]) -> dict:
+  """Per-example dicts -> one batch dict, each value stacked on a new leading axis."""
+  return {key: np.stack([ex[key] for ex in examples]) for key in examples[0]}
+
+
+def _fill_batch(load_example: Callable[[int], dict], first: int, count: int) -> dict:
+  """load_example(first), ..., load_example(first + count - 1) as one batch, each example written
+  into the batch arrays as it is loaded (no list of images held next to the stacked copy)."""
+  batch: dict = {}
+  for k in range(count):
+    example = load_example(first + k)
+    if not batch:
+      batch = {key: np.empty((count,) + np.shape(v), np.asarray(v).dtype)
+               for key, v in example.items()}
+    for key, v in example.items():
+      batch[key][k] = v
+  return batch
+
+
+def _batched(load_example: Callable[[int], dict], first_batch: int, stop_batch: int, batch: int,
+             image_size: int, prefetch_mb: float, num_threads: int,
+             num_workers: int) -> grain.IterDataset:
+  """Batches b = first_batch .. stop_batch - 1 of examples load_example(b * batch + k), k <
+  batch, stacked into {key: [batch, ...]}; load_example(j) returns one example's dict of arrays
+  (its "image" uint8 [S, S, 3]).
+
+  num_workers == 0: each Grain element is one example, loaded on the reader threads under a
+  read-ahead of images (`read_ahead`), stacked into batches after. num_workers > 0: each element
+  is a whole batch that one worker process fills (`_fill_batch`), so no batch spans workers.
+  Either way the consuming process counts each batch's real examples (`images_decoded`).
+  """
   if num_workers > 0:
+    ds = grain.MapDataset.range(first_batch, stop_batch).map(
+        lambda b: _fill_batch(load_example, b * batch, batch))
+    it = ds.to_iter_dataset(_read_options(image_batch_bytes(batch, image_size), prefetch_mb,
+                                          num_threads, num_workers))
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return it
+  else:
+    ds = grain.MapDataset.range(first_batch * batch, stop_batch * batch).map(load_example)
+    it = ds.to_iter_dataset(_read_options(image_batch_bytes(1, image_size), prefetch_mb,
+                                          num_threads))
+    it = it.batch(batch, batch_fn=_stack_examples)
+  return it.map(_counted)
 
 
 def num_ordered_batches(num_examples: int, local_batch: int, process_count: int = 1) -> int:
@@ -114,32 +201,32 @@ def ordered_batches(source: Any, local_batch: int, image_size: int, crop_fractio
                     process_index: int | None = None,
                     process_count: int | None = None,
                     prefetch_mb: float = 1024) -> grain.IterDataset:
-  """Every example once: batches {"image" uint8 [B,S,S,3], "label", "index" (-1 = pad), "mask"}.
+  """Every example once: batches {"image" uint8 [B,S,S,3], "label" int32, "index" int64 (-1 =
+  pad), "mask" bool}.
 
   The padded length is a multiple of local_batch * process_count so that every process yields the
   same number of batches (a requirement of multi-host jit); process p takes the p-th block of each
-  global batch. At most ~prefetch_mb MiB of decoded batches are read ahead (see `read_ahead`).
+  global batch. Padding reads nothing: zero images, label 0. Images are resized + centre-cropped
+  (fit_image), read with min_side = resize_side(S, crop_fraction) so that large JPEGs decode at
+  reduced size. At most ~prefetch_mb MiB of decoded images are read ahead (see `read_ahead`).
   """
   pi, pc = _process(process_index, process_count)
   n = len(source)
   steps = num_ordered_batches(n, local_batch, pc)
+  min_side = resize_side(image_size, crop_fraction)
 
-  def load(global_step: int) -> dict:
-    start = (global_step * pc + pi) * local_batch
-    idx = np.arange(start, start + local_batch)
-    mask = idx < n
-    # filled in place: a list of images plus its np.stack copy held each batch twice
-    images = np.empty((local_batch, image_size, image_size, 3), np.uint8)
-    labels = np.zeros(local_batch, np.int32)
-    for k, (i, m) in enumerate(zip(idx, mask)):
-      img, label = source[int(i) if m else 0]
-      images[k] = fit_image(img, image_size, crop_fraction)
-      labels[k] = label if m else 0
-    return {"image": images, "label": labels,
-            "index": np.where(mask, idx, -1).astype(np.int64), "mask": mask}
+  def load_example(j: int) -> dict:
+    step, k = divmod(j, local_batch)
+    i = (step * pc + pi) * local_batch + k
+    if i >= n:
+      return {"image": np.zeros((image_size, image_size, 3), np.uint8), "label": np.int32(0),
+              "index": np.int64(-1), "mask": np.bool_(False)}
+    image, label = read_example(source, i, min_side)
+    return {"image": fit_image(image, image_size, crop_fraction), "label": np.int32(label),
+            "index": np.int64(i), "mask": np.bool_(True)}
 
-  return _finish(grain.MapDataset.range(steps).map(load),
-                 image_batch_bytes(local_batch, image_size), prefetch_mb, num_threads, num_workers)
+  return _batched(load_example, 0, steps, local_batch, image_size, prefetch_mb, num_threads,
+                  num_workers)
 
 
 def train_steps_per_epoch(num_examples: int, global_batch: int) -> int:
@@ -182,8 +269,9 @@ def train_batches(source: Any, global_batch: int, image_size: int, seed: int, nu
   image is resized + centre-cropped to S (the device then augments); crop=(scale, ratio): a
   random-resized crop of the decoded image, drawn from the seed's "augment" stream at (step,
   position in the global batch), so it is deterministic and independent of the process count.
-  Starts at `start_step` (resume) without reading the skipped batches. At most ~prefetch_mb MiB of
-  decoded batches are read ahead (see `read_ahead`).
+  Starts at `start_step` (resume) without reading the skipped batches. crop=None reads with
+  min_side = S (large JPEGs decode at reduced size); crop=(scale, ratio) decodes at full size. At
+  most ~prefetch_mb MiB of decoded images are read ahead (see `read_ahead`).
   """
   from pca_jax import rng
   pi, pc = _process(process_index, process_count)
@@ -195,33 +283,31 @@ def train_batches(source: Any, global_batch: int, image_size: int, seed: int, nu
   total = per_epoch * num_epochs
   if not 0 <= start_step <= total:
     raise ValueError(f"start_step {start_step} outside [0, {total}]")
-  cache: dict[str, tuple[int, np.ndarray]] = {}  # the current epoch's order, one slot
+  orders: dict[int, np.ndarray] = {}  # epoch -> its order; the last two epochs are kept
 
   def order_of(epoch: int) -> np.ndarray:
-    held = cache.get("order")  # reader threads may each compute an epoch once: same result
-    if held is None or held[0] != epoch:
-      held = (epoch, epoch_order(n, seed, epoch))
-      cache["order"] = held
-    return held[1]
+    order = orders.get(epoch)
+    if order is None:  # reader threads may each compute an epoch once: same result
+      order = orders[epoch] = epoch_order(n, seed, epoch)
+      for old in [e for e in list(orders) if e < epoch - 1]:
+        orders.pop(old, None)
+    return order
 
-  def load(step: int) -> dict:
-    epoch, j = divmod(step, per_epoch)
-    first = j * global_batch + pi * local
-    idx = order_of(epoch)[first:first + local]
-    images = np.empty((len(idx), image_size, image_size, 3), np.uint8)  # filled in place
-    labels = np.zeros(len(idx), np.int32)
-    for k, i in enumerate(idx):
-      img, label = source[int(i)]
-      if crop is None:
-        images[k] = fit_image(img, image_size)
-      else:
-        gen = rng.host_rng(seed, "augment", step, pi * local + k)
-        images[k] = random_resized_crop_host(img, image_size, gen, crop[0], crop[1])
-      labels[k] = label
-    return {"image": images, "label": labels, "index": np.asarray(idx, np.int64)}
+  def load_example(j: int) -> dict:
+    step, k = divmod(j, local)
+    epoch, step_in_epoch = divmod(step, per_epoch)
+    i = int(order_of(epoch)[step_in_epoch * global_batch + pi * local + k])
+    if crop is None:
+      image, label = read_example(source, i, image_size)
+      image = fit_image(image, image_size)
+    else:  # full size: a small box of a reduced image would be upsampled
+      image, label = read_example(source, i)
+      gen = rng.host_rng(seed, "augment", step, pi * local + k)
+      image = random_resized_crop_host(image, image_size, gen, crop[0], crop[1])
+    return {"image": image, "label": np.int32(label), "index": np.int64(i)}
 
-  return _finish(grain.MapDataset.range(start_step, total).map(load),
-                 image_batch_bytes(local, image_size), prefetch_mb, num_threads, num_workers)
+  return _batched(load_example, start_step, total, local, image_size, prefetch_mb, num_threads,
+                  num_workers)
 
 
 def iter_images(source: Any, indices: np.ndarray, image_size: int, chunk: int,
@@ -230,12 +316,18 @@ def iter_images(source: Any, indices: np.ndarray, image_size: int, chunk: int,
   """Yields (images uint8 [<=chunk, S, S, 3], labels [<=chunk]) for `indices`, in order.
 
   Decoding and resizing run on Grain reader threads; only one chunk is in memory at a time, plus
-  the read-ahead of single images (`read_ahead` of one S x S x 3 image: 64 at 224px).
+  the read-ahead of single images (`read_ahead` of one S x S x 3 image: 64). Counts into
+  `images_decoded`. fit="center_crop" reads with min_side = resize_side(S, crop_fraction) (DCT
+  scaling); fit="squash" decodes at full size: its resize of the whole image to S x S would
+  resample the longer side a second time after the source's resize to the shorter side (mean
+  |difference| to full decoding up to 2.9 of 255 at 32-112px, against 1.6 for one resize of the
+  reduced image), and mosaics read few images, so the saving would be small there.
   """
   indices = np.asarray(indices)
+  min_side = resize_side(image_size, crop_fraction) if fit == "center_crop" else 0
 
   def load(i: int):
-    img, label = source[int(i)]
+    img, label = read_example(source, int(i), min_side)
     return fit_image(img, image_size, crop_fraction, fit), label
 
   ds = grain.MapDataset.source(indices).map(load).to_iter_dataset(
@@ -245,9 +337,11 @@ def iter_images(source: Any, indices: np.ndarray, image_size: int, chunk: int,
     images.append(img)
     labels.append(label)
     if len(images) == chunk:
+      _count_decoded(len(images))
       yield np.stack(images), np.asarray(labels, np.int64)
       images, labels = [], []
   if images:
+    _count_decoded(len(images))
     yield np.stack(images), np.asarray(labels, np.int64)
 
 

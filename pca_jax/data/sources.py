@@ -1,7 +1,10 @@
 """Full datasets as random-access sources: TFDS (ArrayRecord), ImageFolder trees, bundled demo data.
 
 Every source has `name`, `num_classes`, `class_names`, `labels` ([N] int64, no image decoding),
-`__len__` and `__getitem__(i) -> (image uint8 [H, W, 3], label int)`. Grain reads them directly.
+`__len__`, `read(i, min_side=0) -> (image uint8 [H, W, 3], label int)` and `__getitem__(i)` =
+`read(i)`. min_side > 0 lets a source decode a JPEG at a reduced size in the DCT domain
+(`decode_image`) when its shorter side stays >= min_side, for callers that resize to that side
+anyway. Grain reads them directly; `read_example` also serves plain objects with `__getitem__`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ import numpy as np
 from PIL import Image
 
 from pca_jax import fs
+
+try:  # libjpeg-turbo through TurboJPEG: ~1.7x PIL's JPEG decoding here, and it releases the GIL
+  import simplejpeg
+except ImportError:  # decode_image then decodes every format with PIL
+  simplejpeg = None
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -42,16 +50,113 @@ def to_rgb_uint8(img: Any) -> np.ndarray:
   return a
 
 
-def decode_image(data: bytes | str | os.PathLike, name: str = "") -> np.ndarray:
-  """Decodes JPEG/PNG/... bytes or a file path to uint8 RGB; raises DataError naming the file."""
+JPEG_SCALES = (8, 4, 2)  # libjpeg's DCT-domain reductions 1/8, 1/4, 1/2 (whole IDCT blocks)
+
+
+def dct_scale(height: int, width: int, min_side: int) -> int:
+  """The largest s in JPEG_SCALES with min(height, width) >= s * min_side, else 1.
+
+  A JPEG decoded at scale 1/s is ceil(height / s) x ceil(width / s), so its shorter side stays
+  >= min_side; s = 1 (full size) when min_side <= 0 or the shorter side is below 2 x min_side.
+  This is the rule of PIL's `Image.draft`, which `decode_image` falls back to.
+  """
+  if min_side > 0:
+    for s in JPEG_SCALES:
+      if min(height, width) >= s * min_side:
+        return s
+  return 1
+
+
+def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
+  """(height, width) of an image resized so that its shorter side is `short`, aspect kept
+  (rounded, the longer side at least `short`): the resize of pipeline.fit_image."""
+  if height <= width:
+    return short, max(short, int(round(width * short / height)))
+  return max(short, int(round(height * short / width))), short
+
+
+Decoded = tuple[np.ndarray, int, tuple[int, int]]  # (uint8 RGB image, scale s, full (H, W))
+
+
+def _decode_jpeg_turbo(data: bytes, min_side: int) -> Decoded | None:
+  """(uint8 RGB [ceil(H/s), ceil(W/s), 3], s, (H, W)): a YCbCr or greyscale JPEG decoded by
+  simplejpeg at scale 1/s, s = dct_scale; None for anything it should not decode (no simplejpeg,
+  other colour spaces such as CMYK, decompression-bomb sizes, data libjpeg flags as corrupt),
+  which PIL then handles as before. Pixels equal PIL's decoding at the same scale (same
+  libjpeg-turbo, IDCT and upsampling)."""
+  if simplejpeg is None:
+    return None
   try:
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    with Image.open(src) as im:
-      im.load()
-      return to_rgb_uint8(im)
+    h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    if colorspace not in ("YCbCr", "Gray") or h * w > (Image.MAX_IMAGE_PIXELS or float("inf")):
+      return None
+    s = dct_scale(h, w, min_side)
+    # the exact size of scale 1/s: simplejpeg picks the smallest of libjpeg's M/8 scales that
+    # reaches it, which is 1/s itself (not e.g. 3/8)
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-h // s),
+                                  min_width=-(-w // s)), s, (h, w)
+  except ValueError:
+    return None
+
+
+def _decode_pil(data: bytes, min_side: int) -> Decoded:
+  """(uint8 RGB [H', W', 3], s, (H, W)): any format PIL reads; JPEGs at scale 1/s by
+  `Image.draft` (dct_scale's rule), everything else at full size (s = 1)."""
+  with Image.open(io.BytesIO(data)) as im:
+    s, (width, height) = 1, im.size
+    if min_side > 0 and im.format == "JPEG":
+      drafted = im.draft(im.mode, (min_side, min_side))  # (mode, (0, 0, W / s, H / s)) or None
+      if drafted is not None:
+        s = int(round(width / drafted[1][2]))
+    im.load()
+    return to_rgb_uint8(im), s, (height, width)
+
+
+def _resize_reduced(image: np.ndarray, scale: int, height: int, width: int,
+                    short: int) -> np.ndarray:
+  """A JPEG decoded at scale 1/scale of its height x width, resized to short_side_size(height,
+  width, short), bilinear with antialiasing (as fit_image). libjpeg's reduced image covers
+  ceil(H / s) * s original rows (its last block row may be partial), so the resize reads the box
+  (0, 0, W / s, H / s): the original's exact extent, which lines the result up pixel for pixel
+  with decoding at full size + the same resize."""
+  nh, nw = short_side_size(height, width, short)
+  return np.asarray(Image.fromarray(image).resize(
+      (nw, nh), Image.BILINEAR, box=(0.0, 0.0, width / scale, height / scale), reducing_gap=None))
+
+
+def decode_image(data: bytes | str | os.PathLike, name: str = "", min_side: int = 0) -> np.ndarray:
+  """Decodes JPEG/PNG/... bytes or a local file path to uint8 RGB [H, W, 3]; raises DataError
+  naming the file.
+
+  min_side > 0 says the caller resizes the shorter side to min_side next (pipeline.fit_image).
+  A JPEG whose shorter side is >= 2 x min_side is then decoded at 1/2, 1/4 or 1/8 size in the DCT
+  domain (`dct_scale`: the largest reduction that keeps the shorter side >= min_side), which skips
+  most of the IDCT, upsampling and colour-conversion work, and resized here to shorter side min_side
+  (`_resize_reduced`; fit_image then only crops). The result is within a few levels of full
+  decoding + the same resize (tests/test_decode.py states how near); smaller JPEGs and other
+  formats come back at full size. JPEGs go through simplejpeg (libjpeg-turbo); other formats,
+  and JPEGs it declines (CMYK, corrupt data), through PIL (`Image.draft` for the same scale).
+  """
+  try:
+    encoded = data
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+      with open(data, "rb") as f:
+        encoded = f.read()
+    decoded = None
+    if bytes(encoded[:3]) == b"\xff\xd8\xff":  # the JPEG SOI marker
+      decoded = _decode_jpeg_turbo(encoded, min_side)
+    image, scale, (height, width) = decoded or _decode_pil(encoded, min_side)
+    return image if scale == 1 else _resize_reduced(image, scale, height, width, min_side)
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise DataError(f"cannot decode image {name or data!s}: {e}; delete or replace the file, or "
                     "set --config.data.skip_corrupt=True to skip unreadable files") from None
+
+
+def read_example(source: Any, i: int, min_side: int = 0) -> tuple[np.ndarray, int]:
+  """source.read(i, min_side) for the sources here; source[i] for any other object with
+  __getitem__ (test doubles, user sources), which then decodes at full size."""
+  read = getattr(source, "read", None)
+  return read(i, min_side) if read is not None else source[i]
 
 
 class ArraySource:
@@ -74,8 +179,12 @@ class ArraySource:
   def __len__(self):
     return len(self._labels)
 
-  def __getitem__(self, i):
+  def read(self, i, min_side: int = 0):
+    del min_side  # already decoded
     return self.images[i], int(self._labels[i])
+
+  def __getitem__(self, i):
+    return self.read(i)
 
 
 class IndexSubset:
@@ -95,8 +204,11 @@ class IndexSubset:
   def __len__(self):
     return len(self.indices)
 
+  def read(self, i, min_side: int = 0):
+    return read_example(self.source, int(self.indices[i]), min_side)
+
   def __getitem__(self, i):
-    return self.source[int(self.indices[i])]
+    return self.read(i)
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
@@ -176,12 +288,15 @@ class ImageFolderSource:
   def __len__(self):
     return len(self.files)
 
-  def _decode(self, f) -> np.ndarray:
+  def _decode(self, f, min_side: int = 0) -> np.ndarray:
     """Local files are opened by path; objects in a store are read whole, then decoded."""
-    return decode_image(f.read_bytes() if self._remote else os.fspath(f), str(f))
+    return decode_image(f.read_bytes() if self._remote else os.fspath(f), str(f), min_side)
+
+  def read(self, i, min_side: int = 0):
+    return self._decode(self.files[i], min_side), int(self._labels[i])
 
   def __getitem__(self, i):
-    return self._decode(self.files[i]), int(self._labels[i])
+    return self.read(i)
 
 
 TFDS_HELP = ("prepare it once with `tfds build {name} --data_dir={data_dir} "
@@ -213,21 +328,34 @@ class TfdsSource:
     feature = self._ds.dataset_info.features[label_key]
     self.class_names = list(feature.names)
     self._labels = None
+    self._skip_decoding: tuple[Any, bool] | None = None  # (source or None, gives bytes), made once
 
   num_classes = property(lambda self: len(self.class_names))
+
+  def _encoded(self) -> tuple[Any, bool]:
+    """(the data source with image SkipDecoding, whether its images are encoded bytes), or (None,
+    False) where tfds cannot give one (mock data must encode images). Labels read through it
+    decode no image; `read` decodes its bytes itself (simplejpeg, DCT scaling with min_side).
+    Made on first use (reader threads may each make one: same result)."""
+    if self._skip_decoding is None:
+      found: tuple[Any, bool] = (None, False)
+      try:
+        fast = self._tfds.data_source(self._tfds_name, split=self.split, data_dir=self._data_dir,
+                                      decoders={self.image_key: self._tfds.decode.SkipDecoding()})
+        first = fast[0] if len(fast) else None
+        if first is not None and first[self.label_key] is not None:
+          found = (fast, isinstance(first[self.image_key], bytes))
+      except Exception:  # e.g. mock data, which must encode images; fall back to full decoding
+        pass
+      self._skip_decoding = found
+    return self._skip_decoding
 
   @property
   def labels(self) -> np.ndarray:
     """All labels, read once. Uses image SkipDecoding when available (no JPEG decoding)."""
     if self._labels is None:
-      ds = self._ds
-      try:
-        fast = self._tfds.data_source(self._tfds_name, split=self.split, data_dir=self._data_dir,
-                                      decoders={self.image_key: self._tfds.decode.SkipDecoding()})
-        first = fast[0][self.label_key] if len(fast) else None
-        ds = fast if first is not None else ds
-      except Exception:  # e.g. mock data, which must encode images; fall back to full decoding
-        pass
+      fast = self._encoded()[0]
+      ds = self._ds if fast is None else fast
       labels = np.fromiter((int(ds[i][self.label_key]) for i in range(len(ds))), np.int64,
                            count=len(ds))
       _check_labels(labels, self.num_classes, self.name)
@@ -237,14 +365,19 @@ class TfdsSource:
   def __len__(self):
     return len(self._ds)
 
-  def __getitem__(self, i):
-    ex = self._ds[i]
+  def read(self, i, min_side: int = 0):
+    fast, gives_bytes = self._encoded()
+    ex = (fast if gives_bytes else self._ds)[i]
     img = ex[self.image_key]
-    img = decode_image(img, f"{self.name}[{i}]") if isinstance(img, bytes) else to_rgb_uint8(img)
+    img = (decode_image(img, f"{self.name}[{i}]", min_side) if isinstance(img, bytes)
+           else to_rgb_uint8(img))
     label = int(ex[self.label_key])
     if not 0 <= label < self.num_classes:
       raise DataError(f"{self.name}[{i}]: label {label} out of range [0, {self.num_classes})")
     return img, label
+
+  def __getitem__(self, i):
+    return self.read(i)
 
 
 SOURCES = ("demo", "tfds", "imagefolder")
