@@ -32,11 +32,12 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 RESOLUTIONS = ("full", "patch", "blur")
 SHARD_SET_CHOICES = ("auto", "replicated", "sharded")
+MODEL_AXES = ("vmap", "loop")   # how models trained together share a step (parallel.map_models)
 
 # Leaf names that never change what an artifact contains: threads, logging, checkpoint and
 # evaluation cadence, batch sizes of evaluation passes, caches, the stage list itself.
 IGNORED_FIELDS = frozenset({
-    "num_threads", "num_workers", "prefetch", "prefetch_mb", "log_every_steps",
+    "num_threads", "num_workers", "prefetch", "prefetch_mb", "log_every_steps", "model_axis",
     "checkpoint_every_steps",
     "keep_checkpoints", "eval_every_epochs", "eval_batch_size", "jax_cache_dir", "stages", "force"})
 
@@ -132,12 +133,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.score.scores_path = ""           # precomputed [N] scores (.npy) instead of training
   c.score.forgetting = False         # also count forgetting events (one correctness pass/epoch)
   c.score.aum = False                # also AUM (negated; margins from the same per-epoch pass)
+  # True: the K models train together, one jitted step per decoded batch (one data order, each
+  # model its own initialisation and crops, taken on the device): the host decodes epochs x N
+  # images instead of K x epochs x N. False: one model after another, each with its own data
+  # order and torchvision's crops on the host (the reference; the README measures both).
+  c.score.together = False
+  c.score.model_axis = "vmap"        # together: "vmap" (batched kernels) or "loop" (K copies)
+  c.score.image_size = 0             # train + score the scoring models at this size; 0 = data's
   c.score.train = default_train_config()
   c.score.train.update(dict(
       epochs=10, batch_size=1024, optimizer="sgd", lr=0.1, scale_lr_by_batch=True,
       base_batch_size=256, weight_decay=1e-4, momentum=0.9, nesterov=True, schedule="cosine",
       schedule_unit="step", warmup_epochs=1, crop="rrc", eval_every_epochs=0,
       checkpoint_every_steps=2000, log_every_steps=100))
+  # > 0: the learning-rate schedule of a run this many epochs long, of which the scoring models
+  # train only the first score.train.epochs (an early checkpoint of a full-length run, where the
+  # LR is still high, as data_diet takes EL2N); 0: the schedule ends with training (converged).
+  c.score.train.schedule_epochs = 0
 
   c.select = ml_collections.ConfigDict()
   c.select.ipc = 10
@@ -355,6 +367,24 @@ def _check_train(name: str, tc, full_dataset: bool) -> None:
     raise ValueError(f"{name}.crop_ratio must satisfy 0 < min <= max, got {ratio}")
 
 
+def _check_score_training(score) -> None:
+  """score.together / model_axis / image_size and score.train.schedule_epochs."""
+  if not isinstance(score.get("together", False), bool):
+    raise ValueError(f"score.together must be True or False, got {score.together!r}")
+  if score.get("model_axis", "vmap") not in MODEL_AXES:
+    raise ValueError(f"unknown score.model_axis {score.model_axis!r}; choose one of {MODEL_AXES}")
+  size = score.get("image_size", 0)
+  if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+    raise ValueError(f"score.image_size must be an integer >= 0 (0 = data.image_size), got "
+                     f"{size!r}")
+  nominal = score.train.get("schedule_epochs", 0)
+  if isinstance(nominal, bool) or not isinstance(nominal, int) or nominal < 0 or \
+      0 < nominal < score.train.epochs:
+    raise ValueError(f"score.train.schedule_epochs must be 0 (the schedule ends with training) "
+                     f"or an integer >= score.train.epochs={score.train.epochs} (the length of "
+                     f"the nominal run the scoring models stop early in), got {nominal!r}")
+
+
 def _check_ccs(block: str, beta, strata) -> None:
   """CCS parameters: the hard cutoff beta in [0, 1) and the number of strata (an int >= 1)."""
   if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
@@ -484,6 +514,7 @@ def validate(config) -> None:
   for field in ("num_models", "batch_size"):
     if not isinstance(config.score[field], int) or config.score[field] < 1:
       raise ValueError(f"score.{field} must be a positive integer, got {config.score[field]!r}")
+  _check_score_training(config.score)
   if config.select.mode not in SELECT_MODES:
     raise ValueError(f"unknown select.mode {config.select.mode!r}; choose one of {SELECT_MODES}")
   if not isinstance(config.select.ipc, int) or config.select.ipc < 1:

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from pca_jax.config import MODEL_AXES
+
 DATA_AXIS = "data"
 
 
@@ -126,6 +128,40 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places a pytree of arrays replicated on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def stack_trees(trees: Sequence[Any]) -> Any:
+  """K pytrees of one structure -> one pytree whose leaves have a leading model axis of size K."""
+  return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *trees)
+
+
+def unstack_tree(tree: Any, k: int) -> Any:
+  """Model k of a pytree stacked by stack_trees (or returned by a map_models function)."""
+  return jax.tree.map(lambda x: x[k], tree)
+
+
+def map_models(fn: Callable, how: str, in_axes: Sequence[int | None]) -> Callable:
+  """fn(*args) for K models at once, inside one jitted call: the arguments whose in_axes entry is 0
+  are pytrees stacked over a leading model axis (stack_trees), the others (None) are shared, e.g.
+  one decoded batch; every output gets the model axis first.
+
+  how="vmap": jax.vmap, one batched program (convolutions with K kernels become grouped ones);
+  how="loop": K copies of fn in the same program, model k reading slice k. Same values either way
+  (to float rounding); which is faster depends on the device and the layer sizes (docs/speed.md).
+  """
+  if how not in MODEL_AXES:
+    raise ValueError(f"unknown model axis {how!r}; choose one of {MODEL_AXES}")
+  in_axes = tuple(in_axes)
+  if how == "vmap":
+    return jax.vmap(fn, in_axes=in_axes)
+
+  def looped(*args):
+    mapped = [a for a, axis in zip(args, in_axes) if axis == 0]
+    count = jax.tree.leaves(mapped[0])[0].shape[0]
+    outs = [fn(*(unstack_tree(a, k) if axis == 0 else a for a, axis in zip(args, in_axes)))
+            for k in range(count)]
+    return jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *outs)
+  return looped
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -149,12 +149,17 @@ def score_dataset(apply_fn: Callable[[Any, jax.Array], jax.Array],
                   scores: Sequence[str] = ("el2n", "entropy"),
                   batch_size: int = 256,
                   mesh: jax.sharding.Mesh | None = None,
-                  progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+                  progress: Callable[[int], None] | None = None,
+                  model_axis: str = "vmap") -> dict[str, np.ndarray]:
   """Scores every example with each of K models, in one pass over the data.
+
+  Every batch goes through the K models in ONE jitted call (their variables stacked on a model
+  axis, parallel.map_models by model_axis), and its scores are copied to the host while the next
+  batch runs: the results of batch i are read only after batch i + 1 has been dispatched.
 
   Args:
     apply_fn: (variables, images) -> logits [B, C], eval mode (e.g. BatchNorm running averages).
-    variables_list: K model variable trees (K early-trained models / seeds).
+    variables_list: K model variable trees of one structure (K early-trained models / seeds).
     data: either images [N, H, W, C] (then `labels` [N] is required) or an iterable of batches,
       each a dict with "image" [B, ...], "label" [B], "index" [B] (global example index, -1 for
       padding) and optionally "mask" [B] bool. Batches are host-local; with several processes each
@@ -163,6 +168,7 @@ def score_dataset(apply_fn: Callable[[Any, jax.Array], jax.Array],
     scores: names from SCORE_FNS.
     mesh: device mesh (default: all devices on a "data" axis).
     progress: called with the number of real examples of each processed batch.
+    model_axis: "vmap" or "loop", how the K models share the call (parallel.map_models).
 
   Returns:
     {name: [K, N] float32} per-model scores, plus "seen": [N] bool (every example scored once).
@@ -178,28 +184,38 @@ def score_dataset(apply_fn: Callable[[Any, jax.Array], jax.Array],
     raise ValueError("num_examples is required when data is an iterable of batches")
   mesh = mesh or parallel.make_mesh()
 
-  @jax.jit
-  def step(variables, images, labels):
+  def one_model(variables, images, labels):
     logits = apply_fn(variables, images)
     return jnp.stack([SCORE_FNS[name](logits, labels) for name in scores])
+  step = jax.jit(parallel.map_models(one_model, model_axis, (0, None, None)))  # [K, S, B]
 
   out = np.full((len(scores), len(variables_list), num_examples), np.nan, np.float32)
   seen = np.zeros(num_examples, bool)
-  variables_list = [parallel.replicate(v, mesh) for v in variables_list]
+  stacked = parallel.replicate(parallel.stack_trees(variables_list), mesh)
+
+  def store(vals, index, mask, count):
+    vals = parallel.to_host(vals)  # [K, S, B]; waits for this batch only
+    out[:, :, index[mask]] = np.moveaxis(vals, 1, 0)[:, :, mask]
+    if progress is not None:
+      progress(count)
+
+  pending = None
   for batch, (g_images, g_labels) in parallel.prefetch_to_device(
       _as_batches(data, labels, batch_size), mesh, ("image", "label")):
     mask = np.asarray(batch.get("mask", np.ones(len(batch["label"]), bool)))
-    index = np.asarray(batch["index"])
-    all_index = parallel.gather_host_local(index)
+    all_index = parallel.gather_host_local(np.asarray(batch["index"]))
     all_mask = parallel.gather_host_local(mask)
-    for k, variables in enumerate(variables_list):
-      vals = parallel.to_host(step(variables, g_images, g_labels))
-      out[:, k, all_index[all_mask]] = vals[:, all_mask]
     if np.any(seen[all_index[all_mask]]):
       raise ValueError("a batch repeated an example index: the data iterator is not a partition")
     seen[all_index[all_mask]] = True
-    if progress is not None:
-      progress(int(mask.sum()))
+    vals = step(stacked, g_images, g_labels)
+    if jax.process_count() == 1:
+      vals.copy_to_host_async()
+    if pending is not None:
+      store(*pending)
+    pending = (vals, all_index, all_mask, int(mask.sum()))
+  if pending is not None:
+    store(*pending)
   result = {name: out[i] for i, name in enumerate(scores)}
   result["seen"] = seen
   return result

@@ -4,6 +4,8 @@
   python -m pca_jax.speedbench --what=train,score --size=112 --batch=64 --width=64
   python -m pca_jax.speedbench --what=pipeline --size=224 --threads=2   # Grain vs a 1-thread loop
   python -m pca_jax.speedbench --what=decode --size=112   # PIL, PIL draft, simplejpeg: one thread
+  python -m pca_jax.speedbench --what=score_stage --size=112 --width=16 --n_images=2000 \
+      --host_cores=16 --device_img_per_s=15000   # the score stage, and ImageNet's projected
   python -m pca_jax.speedbench --what=scoring_memory --n_images=50000 --size=64   # peak host RSS
   python -m pca_jax.speedbench --what=torch,train --rounds=6 --steps=5   # JAX vs PyTorch, paired
 
@@ -25,7 +27,7 @@ from pathlib import Path
 from absl import app, flags
 
 flags.DEFINE_string("what", "train,score,augment", "comma list: train, score, augment, pipeline, "
-                    "decode, scoring_memory, torch (needs requirements-bench.txt)")
+                    "decode, score_stage, scoring_memory, torch (needs requirements-bench.txt)")
 flags.DEFINE_integer("batch", 64, "global batch size")
 flags.DEFINE_integer("size", 32, "image resolution")
 flags.DEFINE_integer("width", 64, "ResNet width (64 = ResNet-18)")
@@ -46,6 +48,15 @@ flags.DEFINE_integer("threads", 8, "pipeline: Grain reader threads (capped at th
                      "buffer)")
 flags.DEFINE_float("consume_ms", 0, "pipeline: simulated time per batch of the consumer (a "
                    "device step), slept; > 0 lets the read-ahead fill as behind a slow step")
+flags.DEFINE_integer("models", 4, "score_stage: scoring models K")
+flags.DEFINE_integer("epochs", 1, "score_stage: epochs of the scoring models over --n_images photos")
+flags.DEFINE_bool("together", True, "score_stage: the K models in one step on one decoded stream "
+                  "(score.together); --notogether: one after another")
+flags.DEFINE_integer("host_cores", 16, "score_stage projection: CPU cores of the host that decodes")
+flags.DEFINE_float("device_img_per_s", 15000.0, "score_stage projection: ResNet-18 train img/s "
+                   "of the device at 224px (stated; measure with --what=train --size=224 "
+                   "--dtype=bfloat16 on the device); other sizes scale it by (224 / size)^2")
+flags.DEFINE_integer("imagenet_epochs", 10, "score_stage projection: score.train.epochs")
 flags.DEFINE_string("out", "bench.json", "where to write the results")
 FLAGS = flags.FLAGS
 
@@ -345,6 +356,86 @@ def bench_decode():
   return out
 
 
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def project_score_stage(num_images: int, epochs: int, models: int, together: bool,
+                        host_img_per_s: float, device_train_img_per_s: float) -> dict:
+  """Wall time of a score stage whose host decodes and device trains at the given rates.
+
+  Decodes: epochs x N for the training stream when the K models train together, K x epochs x N
+  when they train one after another, plus N for the scoring pass (all K models score each decoded
+  batch). Device work: K x epochs x N training images plus K x N scoring forward passes at a third
+  of a training image each. The two overlap (decoding runs ahead of the step), so the stage takes
+  the longer of the two; `bound` says which.
+  """
+  decodes = (1 if together else models) * epochs * num_images + num_images
+  model_images = models * epochs * num_images + models * num_images / 3
+  host_s = decodes / host_img_per_s
+  device_s = model_images / device_train_img_per_s
+  return {"decodes": decodes, "model_images": model_images, "host_s": host_s,
+          "device_s": device_s, "wall_s": max(host_s, device_s),
+          "bound": "host" if host_s > device_s else "device"}
+
+
+def _decode_rate_one_core(files, size: int, min_side: int) -> float:
+  """img/s of one thread reading + decoding (DCT-scaled for min_side > 0) + fitting to --size."""
+  from pca_jax.data import pipeline
+  from pca_jax.data.sources import decode_image
+  t = time.perf_counter()
+  for f in files:
+    pipeline.fit_image(decode_image(f.read_bytes(), str(f), min_side), size,
+                       PIPELINE_CROP_FRACTION)
+  return len(files) / (time.perf_counter() - t)
+
+
+def bench_score_stage():
+  """The score stage as a whole on the photo JPEGs (_photo_folder): --models models trained for
+  --epochs at --size (together or one after another), then the scoring pass, through the runner
+  (pca_jax.main.run_pipeline). Reports images decoded and their rate, model-images per second, and
+  projects ImageNet's score stage (project_score_stage) for a host of --host_cores cores decoding at
+  the one-core rate measured here and a device training --device_img_per_s at 224px."""
+  from pca_jax.config import base_config
+  from pca_jax.data import pipeline
+  from pca_jax.main import run_pipeline
+  root = _photo_folder(FLAGS.n_images)
+  c = base_config()
+  c.stages, c.jax_cache_dir = "score", ""
+  c.data.update(dict(source="imagefolder", data_dir=str(root.parent), train_split=root.name,
+                     image_size=FLAGS.size, num_threads=FLAGS.threads))
+  c.model.update(dict(name=FLAGS.model, width=FLAGS.width, dtype=FLAGS.dtype,
+                      stem=FLAGS.stem or ("small" if FLAGS.size < 64 else "imagenet")))
+  c.score.update(dict(num_models=FLAGS.models, together=FLAGS.together, batch_size=FLAGS.batch))
+  c.score.train.update(dict(epochs=FLAGS.epochs, batch_size=FLAGS.batch, warmup_epochs=0,
+                            log_every_steps=10 ** 6, num_threads=FLAGS.threads))
+  with tempfile.TemporaryDirectory() as workdir:
+    t = time.perf_counter()
+    summary = run_pipeline(c, workdir)["score"]
+    wall = time.perf_counter() - t
+  trained = summary["images_decoded_training"] * (FLAGS.models if FLAGS.together else 1)
+  files = sorted(root.rglob("*.jpg"))[:200]
+  scaled = _decode_rate_one_core(files, FLAGS.size, pipeline.resize_side(FLAGS.size,
+                                                                         PIPELINE_CROP_FRACTION))
+  full = _decode_rate_one_core(files, FLAGS.size, 0)
+  device = FLAGS.device_img_per_s * (224 / FLAGS.size) ** 2
+  # one after another, the host takes random-resized crops of fully decoded images
+  projection = {mode: project_score_stage(IMAGENET_TRAIN_IMAGES, FLAGS.imagenet_epochs,
+                                          FLAGS.models, mode == "together",
+                                          (scaled if mode == "together" else full) *
+                                          FLAGS.host_cores, device)
+                for mode in ("together", "separate")}
+  return {"img_per_s": summary["images_decoded"] / wall, "images_decoded": summary["images_decoded"],
+          "images_decoded_training": summary["images_decoded_training"],
+          "model_images_trained": trained, "train_wall_s": summary["train_wall_s"],
+          "score_wall_s": summary["score_wall_s"], "stage_wall_s": wall,
+          "model_img_per_s_training": trained / summary["train_wall_s"],
+          "together": FLAGS.together, "models": FLAGS.models,
+          "decode_one_core_img_per_s": scaled, "decode_one_core_full_img_per_s": full,
+          "projection": {"images": IMAGENET_TRAIN_IMAGES, "epochs": FLAGS.imagenet_epochs,
+                         "host_cores": FLAGS.host_cores, "device_train_img_per_s": device,
+                         **projection}}
+
+
 def _status_mib(key: str) -> float:
   """A VmXXX line of /proc/self/status in MiB (NaN where there is no procfs)."""
   try:
@@ -474,7 +565,7 @@ def bench_paired():
 
 
 BENCHES = {"torch": bench_torch, "train": bench_train, "score": bench_score, "augment": bench_augment,
-           "pipeline": bench_pipeline, "decode": bench_decode,
+           "pipeline": bench_pipeline, "decode": bench_decode, "score_stage": bench_score_stage,
            "scoring_memory": bench_scoring_memory}
 
 
@@ -540,6 +631,20 @@ def main(argv):
         print(f"{'decode ' + d:>22}: {r[d]['img_per_s']:8.1f} img/s, with fit_image "
               f"{r[d]['with_fit_img_per_s']:7.1f} img/s (decoded shorter side "
               f"{r[d]['decoded_short_side']:.0f}, min_side {r['min_side']})", flush=True)
+      continue
+    if name == "score_stage":
+      p = r["projection"]
+      print(f"{'score_stage':>15}: {r['images_decoded']} images decoded in {r['stage_wall_s']:.1f} s "
+            f"({r['img_per_s']:.1f} img/s), {r['model_img_per_s_training']:.1f} model-img/s "
+            f"training ({r['models']} models, together={r['together']}); one core decodes "
+            f"{r['decode_one_core_img_per_s']:.0f} img/s at {FLAGS.size}px "
+            f"({r['decode_one_core_full_img_per_s']:.0f} at full size)", flush=True)
+      for mode in ("together", "separate"):
+        q = p[mode]
+        print(f"{'ImageNet ' + mode:>22}: {q['decodes'] / 1e6:.1f} M decodes, host "
+              f"{q['host_s'] / 60:.0f} min on {p['host_cores']} cores, device "
+              f"{q['device_s'] / 60:.0f} min at {p['device_train_img_per_s']:.0f} img/s -> "
+              f"{q['wall_s'] / 60:.0f} min ({q['bound']}-bound)", flush=True)
       continue
     rate = r.get("img_per_s")
     extra = "" if "min" not in r else f"  (min {r['min']:.1f}, max {r['max']:.1f})"

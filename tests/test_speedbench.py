@@ -98,3 +98,33 @@ def test_pipeline_and_decode_benches_on_photos(tmp_path):
     assert f"decode {name}:" in r.stdout
   assert d["pil_full"]["decoded_short_side"] == 375  # full size; the others at 1/8: 47
   assert d["pil_draft"]["decoded_short_side"] == d["simplejpeg"]["decoded_short_side"] == 47
+
+
+def test_score_stage_bench_counts_decodes_and_projects(tmp_path):
+  out = tmp_path / "bench.json"
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  r = subprocess.run([sys.executable, "-m", "pca_jax.speedbench", "--what=score_stage",
+                      "--model=resnet10", "--width=4", "--size=16", "--batch=8", "--n_images=40",
+                      "--models=2", "--threads=2", f"--data_dir={tmp_path / 'images'}",
+                      "--host_cores=16", "--device_img_per_s=15000", f"--out={out}"], cwd=ROOT,
+                     env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  s = json.loads(out.read_text())["results"]["score_stage"]
+  assert s["images_decoded_training"] == 40 and s["images_decoded"] == 80  # 1 epoch + scoring
+  assert s["model_images_trained"] == 80 and s["model_img_per_s_training"] > 0
+  p = s["projection"]
+  assert p["device_train_img_per_s"] == 15000 * (224 / 16) ** 2
+  assert p["together"]["decodes"] == 10 * 1_281_167 + 1_281_167
+  assert p["separate"]["decodes"] == 2 * 10 * 1_281_167 + 1_281_167
+  assert "ImageNet together" in r.stdout
+
+
+def test_project_score_stage_by_hand():
+  from pca_jax.speedbench import project_score_stage
+  p = project_score_stage(1000, 10, 4, True, host_img_per_s=500, device_train_img_per_s=3000)
+  assert p["decodes"] == 11_000 and p["host_s"] == 22.0
+  assert p["model_images"] == pytest.approx(40_000 + 4000 / 3)
+  assert p["device_s"] == pytest.approx(p["model_images"] / 3000) and p["bound"] == "host"
+  assert p["wall_s"] == 22.0
+  q = project_score_stage(1000, 10, 4, False, host_img_per_s=500, device_train_img_per_s=3000)
+  assert q["decodes"] == 41_000 and q["wall_s"] == 82.0

@@ -12,6 +12,7 @@ import json
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from pca_jax import fs, parallel
@@ -50,7 +51,9 @@ class Checkpointer:
     if latest is not None and stored == self.fingerprint:
       abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
       restored = self._manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-      return parallel.replicate(restored, mesh), int(jax.device_get(restored.step))
+      # models trained together have one step counter each, all equal
+      step = int(np.asarray(jax.device_get(restored.step)).reshape(-1)[0])
+      return parallel.replicate(restored, mesh), step
     if latest is not None:
       self.log(f"[{self.desc}] the checkpoints in {self.dir} were written under another config "
                f"(fingerprint {stored or 'unknown'}, now {self.fingerprint}): not resumed, "

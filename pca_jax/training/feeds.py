@@ -10,7 +10,9 @@ train step (training.steps.make_train_step) a `gather` function and, per step, t
     its own slots each epoch and draws its part of every batch from them, one view per stored
     image per epoch.
   * SourceFeed: a random-access source read by a Grain pipeline; the random-resized crop is taken
-    on the host from the whole decoded image (torchvision semantics), the flip on device.
+    on the host from the whole decoded image (torchvision semantics), the flip on device. With
+    crop_on_device (several models trained on one decoded batch, each with its own crops) the host
+    only resizes + centre-crops each image to image_size and the device takes every crop.
 All are pure functions of (seed, step), so resuming replays the same batches.
 
 make_feed picks the compressed set's layout from train.shard_set: "replicated" (MemoryFeed),
@@ -200,16 +202,17 @@ class ShardedMemoryFeed(_DeviceSetFeed):
 class SourceFeed:
   """A full dataset through Grain, read and sharded a background thread ahead of the step."""
 
-  def __init__(self, source: Any, cfg: Any, mesh):
+  def __init__(self, source: Any, cfg: Any, mesh, crop_on_device: bool = False):
     if cfg.crop == "patch":
       raise ValueError("crop='patch' crops inside mosaic cells; a full dataset trains with "
                        "crop='rrc' or 'none'")
     self.num_examples = len(source.labels)
     self.batch = cfg.batch_size
     self.steps_per_epoch = pipeline.train_steps_per_epoch(self.num_examples, self.batch)
-    self.host_crop = ((tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
-                      if cfg.crop == "rrc" else None)
-    self.device_crop = "none"  # the host already cropped (rrc) or centre-cropped (none)
+    host_rrc = cfg.crop == "rrc" and not crop_on_device
+    self.host_crop = (tuple(cfg.crop_scale), tuple(cfg.crop_ratio)) if host_rrc else None
+    # the host already cropped (rrc) or centre-cropped (none); on device: the crop of each model
+    self.device_crop = cfg.crop if crop_on_device else "none"
     self._source, self._cfg, self._mesh = source, cfg, mesh
     self._batches = None
 
@@ -272,14 +275,16 @@ def set_layout(data: InMemoryData, cfg: Any, mesh) -> str:
       "replicated"
 
 
-def make_feed(train_data: Any, cfg: Any, mesh) -> MemoryFeed | ShardedMemoryFeed | SourceFeed:
+def make_feed(train_data: Any, cfg: Any, mesh,
+              crop_on_device: bool = False) -> MemoryFeed | ShardedMemoryFeed | SourceFeed:
   """For an InMemoryData, MemoryFeed or ShardedMemoryFeed by train.shard_set (set_layout);
-  SourceFeed for anything else with labels and __getitem__ (train.shard_set is still checked)."""
+  SourceFeed for anything else with labels and __getitem__ (train.shard_set is still checked;
+  crop_on_device: see SourceFeed)."""
   if isinstance(train_data, InMemoryData):
     sharded = set_layout(train_data, cfg, mesh) == "sharded"
     feed = (ShardedMemoryFeed if sharded else MemoryFeed)(train_data, cfg, mesh)
   else:
     _shard_set(cfg)
-    feed = SourceFeed(train_data, cfg, mesh)
+    feed = SourceFeed(train_data, cfg, mesh, crop_on_device)
   parallel.check_batch_size(feed.batch, mesh, "train.batch_size")
   return feed

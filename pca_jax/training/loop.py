@@ -12,7 +12,7 @@ import itertools
 import signal
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -24,8 +24,8 @@ from pca_jax.training.checkpoint import Checkpointer
 from pca_jax.training.evaluate import evaluate, make_eval_step
 from pca_jax.training.feeds import InMemoryData, make_feed
 from pca_jax.training.metrics import MetricsLog, Progress, Throughput
-from pca_jax.training.steps import (LossSpec, create_train_state, make_optimizer, make_train_step,
-                                    variables_of)
+from pca_jax.training.steps import (LossSpec, create_train_state, create_train_states,
+                                    make_optimizer, make_train_step, variables_of)
 from pca_jax.training.views import view_sizes
 
 
@@ -48,12 +48,16 @@ def data_digest(train_data: Any) -> str:
   return h.hexdigest()[:16]
 
 
-def default_fingerprint(config: Any, train_data: Any) -> str:
+def default_fingerprint(config: Any, train_data: Any,
+                        model_seeds: Sequence[int] | None = None) -> str:
   """What a checkpoint of `train(config, ...)` depends on, when the caller gives no fingerprint:
-  the model and train blocks (minus max_steps, a stopping point of the same run) and the data."""
+  the model and train blocks (minus max_steps, a stopping point of the same run), the data, and
+  the seeds of models trained together."""
   values = config_values(config, ("model", "train"))
   values.pop("train.max_steps", None)
-  return config_fingerprint(values, data_digest(train_data))
+  if model_seeds is None:
+    return config_fingerprint(values, data_digest(train_data))
+  return config_fingerprint(values, data_digest(train_data), [int(s) for s in model_seeds])
 
 
 # Every training step of every loop in this process, in order: the step ids of JAX's preemption
@@ -107,12 +111,27 @@ def loss_spec(cfg: Any, num_classes: int, teacher) -> LossSpec:
                   cfg.cutmix_alpha if soft else 0.0, teacher_size=cfg.image_size)
 
 
-def _build_step(cfg: Any, feed: Any, view_size: int, spec: LossSpec, mesh):
-  """The jitted step: the feed's gather, the device crop at view_size, the loss of `spec`."""
+def _build_step(cfg: Any, feed: Any, view_size: int, spec: LossSpec, mesh,
+                model_seeds: Sequence[int] | None, model_axis: str):
+  """The jitted step: the feed's gather, the device crop at view_size, the loss of `spec`; with
+  model_seeds, one step for the stacked models, each with the augment stream of its own seed."""
   augment_fn = augment.make_train_augment(feed.device_crop, (view_size, view_size),
                                           tuple(cfg.grid), tuple(cfg.crop_scale),
                                           tuple(cfg.crop_ratio), cfg.flip)
-  return make_train_step(augment_fn, spec, rng.stream_key(cfg.seed, "augment"), mesh, feed.gather)
+  if model_seeds is None:
+    return make_train_step(augment_fn, spec, rng.stream_key(cfg.seed, "augment"), mesh,
+                           feed.gather)
+  keys = jax.numpy.stack([rng.stream_key(s, "augment") for s in model_seeds])
+  return make_train_step(augment_fn, spec, keys, mesh, feed.gather, model_axis)
+
+
+def _initial_state(model, tx, cfg: Any, view_size: int, model_seeds: Sequence[int] | None):
+  """A fresh TrainState from the "init" stream of cfg.seed, or the K states of model_seeds
+  stacked on a leading model axis (each exactly the state a lone model of that seed starts from)."""
+  shape = (view_size, view_size, 3)
+  if model_seeds is None:
+    return create_train_state(model, tx, rng.stream_key(cfg.seed, "init"), shape)
+  return create_train_states(model, tx, [rng.stream_key(s, "init") for s in model_seeds], shape)
 
 
 def _make_evaluator(config: Any, apply_fn: Callable, eval_data: Any, eval_size: int,
@@ -134,7 +153,8 @@ def _make_evaluator(config: Any, apply_fn: Callable, eval_data: Any, eval_size: 
 def train(config: Any, workdir: fs.PathLike, train_data: Any, eval_data: Any = None, *,
           desc: str = "train", final_eval: bool = True,
           teacher: tuple[Callable, Any] | None = None, log: Callable[[str], None] = print,
-          fingerprint: str | None = None) -> tuple[Any, dict]:
+          fingerprint: str | None = None, model_seeds: Sequence[int] | None = None,
+          model_axis: str = "vmap") -> tuple[Any, dict]:
   """Trains config.model on train_data with config.train; returns (final state, metrics).
 
   train_data: InMemoryData (a compressed set, on device) or a random-access source (Grain).
@@ -146,13 +166,22 @@ def train(config: Any, workdir: fs.PathLike, train_data: Any, eval_data: Any = N
   train.label_mode == "soft". Raises Preempted (a SystemExit) after SIGTERM once a checkpoint is
   written. Metrics: steps, batch size, final train loss/acc, compile-free train_img_per_s
   (evaluation and checkpoint time excluded), train_wall_s, and eval_* when evaluated.
+
+  model_seeds: train len(model_seeds) models TOGETHER on one stream of batches (the data order of
+  cfg.seed, every batch read and decoded once): model k starts from the "init" stream of
+  model_seeds[k] and crops with its "augment" stream, on the device (a full dataset's host only
+  resizes), in one jitted step per batch (parallel.map_models by model_axis). The returned state
+  is stacked on a leading model axis (parallel.unstack_tree); loss and acc are the models' mean,
+  with train_loss_per_model / train_acc_per_model. No eval_data (scoring models need none).
   """
+  if model_seeds is not None and (eval_data is not None or teacher is not None):
+    raise ValueError("models trained together (model_seeds) take neither eval_data nor a teacher")
   cfg = config.train
   mesh = parallel.make_mesh()
   workdir = fs.path(workdir)
   if fs.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)
-  feed = make_feed(train_data, cfg, mesh)
+  feed = make_feed(train_data, cfg, mesh, crop_on_device=model_seeds is not None)
   total = feed.steps_per_epoch * cfg.epochs
   if cfg.max_steps:
     total = min(total, cfg.max_steps)
@@ -160,16 +189,15 @@ def train(config: Any, workdir: fs.PathLike, train_data: Any, eval_data: Any = N
   tx, schedule = make_optimizer(cfg, feed.steps_per_epoch)
   view_size, eval_size, blur_size = view_sizes(cfg)
   spec = loss_spec(cfg, train_data.num_classes, teacher)
-  state = parallel.replicate(create_train_state(model, tx, rng.stream_key(cfg.seed, "init"),
-                                                (view_size, view_size, 3)), mesh)
-  ckpt = Checkpointer(workdir, fingerprint or default_fingerprint(config, train_data),
+  state = parallel.replicate(_initial_state(model, tx, cfg, view_size, model_seeds), mesh)
+  ckpt = Checkpointer(workdir, fingerprint or default_fingerprint(config, train_data, model_seeds),
                       cfg.keep_checkpoints, log, desc)
   state, start = ckpt.restore(state, mesh)
   if start:
     log(f"[{desc}] resumed from checkpoint at step {start}/{total}")
   history = MetricsLog(workdir / "metrics.jsonl", start)
   teacher_vars = parallel.replicate(teacher[1], mesh) if spec.teacher_apply else None
-  step_fn = _build_step(cfg, feed, view_size, spec, mesh)
+  step_fn = _build_step(cfg, feed, view_size, spec, mesh, model_seeds, model_axis)
   run_eval = _make_evaluator(config, model.apply, eval_data, eval_size, blur_size, mesh)
 
   def log_eval(done, ev):
@@ -191,8 +219,11 @@ def train(config: Any, workdir: fs.PathLike, train_data: Any, eval_data: Any = N
         is_log = done % cfg.log_every_steps == 0 or done == total
         if is_log:
           m = jax.device_get(m)
-          last = {"loss": float(m["loss"]), "acc": float(m["acc"]), "lr": float(schedule(step)),
-                  "img_per_s": meter.lap()}
+          last = {"loss": float(np.mean(m["loss"])), "acc": float(np.mean(m["acc"])),
+                  "lr": float(schedule(step)), "img_per_s": meter.lap()}
+          if model_seeds is not None:
+            last.update(loss_per_model=np.asarray(m["loss"]).tolist(),
+                        acc_per_model=np.asarray(m["acc"]).tolist())
           history.append({"step": done, "epoch": done / feed.steps_per_epoch, **last})
         progress.update(done, 1, {k: last[k] for k in ("loss", "acc")} if last else {}, is_log)
         if run_eval and eval_every and done % eval_every == 0 and done != total:
@@ -215,6 +246,9 @@ def train(config: Any, workdir: fs.PathLike, train_data: Any, eval_data: Any = N
     ckpt.close()
   metrics = {"steps": total, "steps_per_epoch": feed.steps_per_epoch, "batch_size": feed.batch,
              "train_loss": last.get("loss"), "train_acc": last.get("acc"),
+             **({"train_loss_per_model": last.get("loss_per_model"),
+                 "train_acc_per_model": last.get("acc_per_model")} if model_seeds is not None
+                else {}),
              "train_img_per_s": meter.rate, "train_wall_s": time.time() - t_start}
   if run_eval and final_eval:
     ev = run_eval(state)

@@ -111,12 +111,14 @@ class MetricsLog:
       fs.remove(self.path)
 
   def last_train_row(self) -> dict:
-    """The last logged {"loss", "acc", "lr", "img_per_s"} (after a resume: from the rows kept;
+    """The last logged {"loss", "acc", "lr", "img_per_s"} and, for models trained together,
+    {"loss_per_model", "acc_per_model"} (after a resume: from the rows kept;
     {} on processes other than 0, which neither write nor read the file)."""
     for line in reversed(self._rows):
       row = json.loads(line) if line.strip() else {}
       if "loss" in row:
-        return {k: row[k] for k in ("loss", "acc", "lr", "img_per_s") if k in row}
+        return {k: row[k] for k in ("loss", "acc", "lr", "img_per_s", "loss_per_model",
+                                    "acc_per_model") if k in row}
     return {}
 
   def append(self, row: dict) -> None:

@@ -9,7 +9,7 @@ is a pure function of (state, feed arrays) and a resumed run replays the same up
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,14 +34,30 @@ def create_train_state(model, tx, key: jax.Array, image_shape) -> TrainState:
                            batch_stats=variables.get("batch_stats"))
 
 
+def create_train_states(model, tx, keys: Sequence[jax.Array], image_shape) -> TrainState:
+  """K fresh states stacked on a leading model axis, model k initialised from keys[k]: one
+  jitted, vmapped initialisation (the same values as create_train_state with that key)."""
+  def one(key):
+    variables = model.init(key, jnp.zeros((1, *image_shape)), train=False)
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                              batch_stats=variables.get("batch_stats"))
+    return state.replace(step=jnp.zeros((), jnp.int32))
+  return jax.jit(jax.vmap(one))(jnp.stack(list(keys)))
+
+
 def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
 def make_schedule(cfg: Any, steps_per_epoch: int) -> Callable[[Any], Any]:
-  """Learning rate as a function of the step: warmup then cosine/step/constant."""
+  """Learning rate as a function of the step: warmup then cosine/step/constant.
+
+  The cosine runs over cfg.schedule_epochs when that field is set and > 0 (a nominal schedule
+  of which training runs only the first cfg.epochs: an early checkpoint of a full-length run, as
+  data_diet takes EL2N from), else over cfg.epochs.
+  """
   base = cfg.lr * (cfg.batch_size / cfg.base_batch_size if cfg.scale_lr_by_batch else 1.0)
-  total_epochs = float(cfg.epochs)
+  total_epochs = float(cfg.get("schedule_epochs", 0) or cfg.epochs)
   warm = float(cfg.warmup_epochs)
   if cfg.schedule not in ("cosine", "step", "constant"):
     raise ValueError(f"unknown train.schedule {cfg.schedule!r}; use cosine, step or constant")
@@ -128,18 +144,32 @@ def train_update(state: TrainState, views, labels, weights, spec: LossSpec, teac
 
 
 def make_train_step(augment_fn: Callable, spec: LossSpec, augment_key: jax.Array, mesh,
-                    gather: Callable):
+                    gather: Callable, model_axis: str | None = None):
   """jit(state, feed_args tuple, teacher_vars) -> (state, {"loss", "acc"}).
 
   gather(step, *feed_args) -> (images uint8 [B, H, W, 3], labels [B], weights [B]) picks the
   step's batch; the views are augment_fn(fold_in(augment_key, step), images), split from the key
   that CutMix uses. The state is donated.
+
+  model_axis "vmap" or "loop" (parallel.map_models): the state holds K models stacked on a leading
+  axis (stack_trees), augment_key is [K] keys (one augmentation stream per model), and every
+  model takes its own views of the SAME gathered batch in one call; loss and acc are then [K].
   """
   shard = parallel.batch_sharding(mesh)
 
-  def step(state, feed_args, teacher_vars=None):
-    images, labels, weights = gather(state.step, *feed_args)
-    k_aug, k_mix = jax.random.split(jax.random.fold_in(augment_key, state.step))
+  def update(state, images, labels, weights, key, teacher_vars):
+    k_aug, k_mix = jax.random.split(jax.random.fold_in(key, state.step))
     views = jax.lax.with_sharding_constraint(augment_fn(k_aug, images), shard)
     return train_update(state, views, labels, weights, spec, teacher_vars, k_mix)
+
+  if model_axis is None:
+    def step(state, feed_args, teacher_vars=None):
+      images, labels, weights = gather(state.step, *feed_args)
+      return update(state, images, labels, weights, augment_key, teacher_vars)
+  else:
+    per_model = parallel.map_models(update, model_axis, (0, None, None, None, 0, None))
+
+    def step(state, feed_args, teacher_vars=None):
+      images, labels, weights = gather(state.step[0], *feed_args)  # every model is at one step
+      return per_model(state, images, labels, weights, augment_key, teacher_vars)
   return jax.jit(step, donate_argnums=(0,))
