@@ -6,7 +6,7 @@
 The REFERENCE is the config's score stage with the K models trained one after another at
 data.image_size on a schedule that ends with training (score.together=False,
 score.image_size=0, score.train.schedule_epochs=0), at config.seed. Every variant is an
-INDEPENDENT run, at config.seed + 1 (other initialisations, data orders and crops), of the
+INDEPENDENT run, at config.seed + each --seed_offsets entry (1 by default; other initialisations, data orders and crops), of the
 reference with at most one change, in <workdir>/<variant> (a rerun reuses what is there under the
 same fingerprint):
 
@@ -40,9 +40,11 @@ from absl import app, flags
 from pca_jax import main as cli  # defines --config and --workdir (here: the variants' parent)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("variants", "seed,together,lowres,early,config", "Comma list of variants to "
+flags.DEFINE_string("variants", "seed,together,lowres,early", "Comma list of variants to "
                     "compare with the reference.")
 flags.DEFINE_integer("ipc", 10, "Images per class of the easiest-set overlap.")
+flags.DEFINE_string("seed_offsets", "1", "Comma list: every variant runs at config.seed + each "
+                    "offset (several give several independent samples of each agreement).")
 flags.DEFINE_integer("early_factor", 4, "early: the nominal schedule is this many times "
                      "score.train.epochs.")
 flags.DEFINE_integer("n_images", 20000, "write_photo_digits: images of the ImageFolder written "
@@ -52,12 +54,17 @@ REFERENCE = {"score.together": False, "score.image_size": 0, "score.train.schedu
 VARIANT_NAMES = ("seed", "together", "lowres", "early", "config")
 
 
-def variant_overrides(config: Any, name: str, early_factor: int = 4) -> dict[str, Any]:
-  """The dotted config fields of variant `name`: the reference's with config.seed + 1 (an
-  independent run: other initialisations, data orders and crops) and the variant's one change."""
+def variant_overrides(config: Any, name: str, early_factor: int = 4,
+                      seed_offset: int = 1) -> dict[str, Any]:
+  """The dotted config fields of variant `name`: the reference's with config.seed + seed_offset
+  (an independent run: other initialisations, data orders and crops) and the variant's one
+  change."""
   if name == "reference":
     return dict(REFERENCE)
-  other_seed = {"seed": int(config.seed) + 1}
+  if seed_offset == 0:
+    raise ValueError("a variant at the reference's own seed is not an independent run; use seed "
+                     "offsets other than 0")
+  other_seed = {"seed": int(config.seed) + int(seed_offset)}
   if name == "seed":
     return {**REFERENCE, **other_seed}
   if name == "together":
@@ -116,11 +123,14 @@ def compare(reference: dict, other: dict, labels: np.ndarray, ipc: int) -> dict:
           "overlap_easiest": easiest_overlap(reference["el2n"], other["el2n"], labels, ipc)}
 
 
-def run_variant(config: Any, workdir: str, name: str, early_factor: int) -> dict:
-  """Runs (or reuses) the score stage of one variant; its EL2N [N], labels and summary."""
+def run_variant(config: Any, workdir: str, name: str, early_factor: int,
+                seed_offset: int = 1) -> dict:
+  """Runs (or reuses) the score stage of one variant in <workdir>/<name> (<name>_seed<s> for
+  seed offsets other than 1); its EL2N [N], labels and summary."""
   from pca_jax import fs
-  overrides = variant_overrides(config, name, early_factor)
-  path = os.path.join(workdir, name)
+  overrides = variant_overrides(config, name, early_factor, seed_offset)
+  path = os.path.join(workdir, name if seed_offset == 1 or name == "reference" else
+                      f"{name}_seed{overrides['seed']}")
   t = time.time()
   summaries = cli.run_pipeline(_with(config, overrides), path)
   marker = fs.read_json(fs.join(path, "stages", "score.json"))
@@ -144,7 +154,7 @@ def agreement_table(rows: list[dict], ipc: int, chance: float) -> str:
 
 
 def measure(config: Any, workdir: str, variants: list[str], ipc: int,
-            early_factor: int) -> dict:
+            early_factor: int, seed_offsets: tuple[int, ...] = (1,)) -> dict:
   """Runs the reference and the variants; returns {"rows": [...], "table": markdown}."""
   from pca_jax import fs
   ref = run_variant(config, workdir, "reference", early_factor)
@@ -159,14 +169,14 @@ def measure(config: Any, workdir: str, variants: list[str], ipc: int,
             "images_decoded": int(s.get("images_decoded", 0))}
   rows = [row(ref, {})]
   reference_config = _with(config, REFERENCE)
-  for name in variants:
-    overrides = variant_overrides(config, name, early_factor)
+  for offset, name in ((o, n) for o in seed_offsets for n in variants):
+    overrides = variant_overrides(config, name, early_factor, offset)
     changed = _with(config, overrides)
     change = {k: _field(changed, k) for k in (*REFERENCE, "seed")
               if _field(changed, k) != _field(reference_config, k)}
     if name == "config" and set(change) <= {"seed"}:
       continue  # the config's scoring is the reference's
-    rows.append(row(run_variant(config, workdir, name, early_factor), change))
+    rows.append(row(run_variant(config, workdir, name, early_factor, offset), change))
   table = agreement_table(rows, ipc, chance)
   out = {"ipc": ipc, "chance_overlap": chance, "rows": rows, "num_examples": int(len(labels))}
   fs.save_json(fs.join(workdir, "agreement.json"), out)
@@ -176,8 +186,9 @@ def measure(config: Any, workdir: str, variants: list[str], ipc: int,
 
 def write_photo_digits(root: str, n: int, size: int = 40, seed: int = 0) -> str:
   """An ImageFolder of n JPEGs (quality 90, size x size): scikit-learn's 1,797 handwritten digits,
-  each drawn many times at a random scale, rotation, position and colour over a random crop of
-  one of the two photographs scikit-learn ships; folders 0..9 by digit. Written once (a
+  each drawn many times at a random scale (60-90 % of the image), rotation and position, in a
+  colour opposite to the background's mean (with noise), over a random crop of one of the two
+  photographs scikit-learn ships; folders 0..9 by digit. Written once (a
   `.complete` file marks it)."""
   from PIL import Image
   from sklearn.datasets import load_digits, load_sample_images
@@ -198,10 +209,12 @@ def write_photo_digits(root: str, n: int, size: int = 40, seed: int = 0) -> str:
     top = int(rng.integers(0, photo.height - crop))
     background = photo.crop((left, top, left + crop, top + crop)).resize((size, size),
                                                                          Image.BILINEAR)
-    g = int(rng.integers(size // 2, size - 4))
+    g = int(rng.integers(int(0.6 * size), int(0.9 * size)))
     glyph = Image.fromarray(glyphs[j]).resize((g, g), Image.BILINEAR).rotate(
-        float(rng.uniform(-25, 25)), resample=Image.BILINEAR)
-    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        float(rng.uniform(-20, 20)), resample=Image.BILINEAR)
+    # a colour far from the background's mean, so that the digit stays readable
+    mean = np.asarray(background, np.float32).reshape(-1, 3).mean(0)
+    colour = tuple(int(v) for v in np.clip(255 - mean + rng.normal(0, 30, 3), 0, 255))
     x, y = (int(v) for v in rng.integers(0, size - g + 1, 2))
     background.paste(Image.new("RGB", (g, g), colour), (x, y), glyph)
     path = os.path.join(root, str(int(digits.target[j])), f"{i:06d}.jpg")
@@ -222,13 +235,16 @@ def main(argv):
   variants = [v.strip() for v in FLAGS.variants.split(",") if v.strip()]
   for v in variants:
     variant_overrides(config, v)  # unknown names fail before anything runs
+  offsets = tuple(int(o) for o in FLAGS.seed_offsets.split(",") if o.strip())
+  for o in offsets:
+    variant_overrides(config, "seed", seed_offset=o)
   if config.data.source == "imagefolder":
     t = time.time()
     write_photo_digits(os.path.join(config.data.data_dir, config.data.train_split),
                        FLAGS.n_images)
     print(f"[agreement] ImageFolder {config.data.data_dir} ready ({time.time() - t:.0f} s)",
           flush=True)
-  out = measure(config, FLAGS.workdir, variants, FLAGS.ipc, FLAGS.early_factor)
+  out = measure(config, FLAGS.workdir, variants, FLAGS.ipc, FLAGS.early_factor, offsets)
   print(out["table"], flush=True)
 
 

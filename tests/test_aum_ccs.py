@@ -276,11 +276,14 @@ def test_score_aum_then_ccs_select_on_the_demo(tmp_path):
       "stages": "score,select,combine,store", "jax_cache_dir": "", "model.name": "resnet10",
       "model.width": 8, "score.num_models": 1, "score.train.epochs": 2,
       "score.train.batch_size": 64, "score.batch_size": 128, "score.aum": True,
+      "score.together": False,
       "select.ipc": 4, "select.mode": "ccs", "select.score": "aum", "select.ccs_beta": 0.2,
       "select.ccs_strata": 5})
   wd = tmp_path / "run"
   pca_main.run_pipeline(c, wd)
-  margins = np.stack([np.load(wd / "score" / "model_0" / f"margin_epoch{e}.npy") for e in (1, 2)])
+  # one model alone: [1, N] per epoch (models trained together write [K, N])
+  margins = np.stack([np.load(wd / "score" / "model_0" / f"margin_epoch{e}.npy")[0]
+                      for e in (1, 2)])
   assert margins.shape == (2, 1347) and np.isfinite(margins).all()
   assert (wd / "score" / "model_0" / "correct_epoch2.npy").exists()
   aum = np.load(wd / "scores_aum.npy")

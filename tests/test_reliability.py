@@ -73,11 +73,12 @@ def test_sigkill_in_score_and_sigterm_in_train_resume_to_identical_results(tmp_p
   assert p.returncode == 0, out[-3000:]
 
   run = tmp_path / "run"
-  rc, log = _run_until(run, cache, "[score model 2/2] step 20/", signal.SIGKILL)
+  rc, log = _run_until(run, cache, "[score models 1-2 together] step 20/", signal.SIGKILL)
   assert rc == -signal.SIGKILL, log[-2000:]
   assert not (run / "scores.npy").exists()  # killed before the stage finished: no output
   rc, log = _run_until(run, cache, "[train] step 20/", signal.SIGTERM)
-  assert "[score model 2/2] resumed from checkpoint at step" in log  # continued, not restarted
+  # the two scoring models (trained together, the demo's default) continued, not restarted
+  assert "[score models 1-2 together] resumed from checkpoint at step" in log
   assert "[score] done" in log
   assert rc == 143, log[-2000:]
   assert "received SIGTERM: checkpoint saved at step" in log

@@ -63,7 +63,8 @@ def test_changed_ipc_grid_or_scoring_retrains_from_step_zero(finished, tmp_path,
   out = _run(tiny_config(**{"select.ipc": 2, "combine.grid": (1, 1),
                             "score.train.epochs": 2}), wd, capsys)
   assert "[score] rerunning: config changed (score.train.epochs)" in out
-  assert "[score model 1/2] resumed" not in out  # the scoring models start over too
+  assert "[score models 1-2 together] resumed" not in out  # the scoring models start over too
+  assert "[score models 1-2 together] step" in out
   for stage in STAGES[1:]:
     assert f"[{stage}] running" in out, stage
   _assert_retrained_on(wd, out, 20)
