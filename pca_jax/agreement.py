@@ -6,8 +6,9 @@
 The REFERENCE is the config's score stage with the K models trained one after another at
 data.image_size on a schedule that ends with training (score.together=False,
 score.image_size=0, score.train.schedule_epochs=0), at config.seed. Every variant is an
-INDEPENDENT run, at config.seed + each --seed_offsets entry (1 by default; other initialisations, data orders and crops), of the
-reference with at most one change, in <workdir>/<variant> (a rerun reuses what is there under the
+INDEPENDENT run (other initialisations, data orders and crops), at config.seed + each
+--seed_offsets entry (1 by default), of the reference with at most one change, in
+<workdir>/<variant> (<variant>_seed<s> for other offsets; a rerun reuses what is there under the
 same fingerprint):
 
   seed      no change: two independent runs of the reference mode, the yardstick
@@ -24,7 +25,7 @@ with itself across seeds (the seed row). Writes agreement.json and agreement.md 
 
 configs/agreement_folder.py reads an ImageFolder of 20,000 small synthetic photographs (digits
 drawn over crops of the photos scikit-learn ships, 10 classes): written by `write_photo_digits`
-at data.data_dir when missing.
+at data.data_dir/<train split> when that folder does not exist (an existing one is read as is).
 """
 
 from __future__ import annotations
@@ -188,13 +189,16 @@ def write_photo_digits(root: str, n: int, size: int = 40, seed: int = 0) -> str:
   """An ImageFolder of n JPEGs (quality 90, size x size): scikit-learn's 1,797 handwritten digits,
   each drawn many times at a random scale (60-90 % of the image), rotation and position, in a
   colour opposite to the background's mean (with noise), over a random crop of one of the two
-  photographs scikit-learn ships; folders 0..9 by digit. Written once (a
-  `.complete` file marks it)."""
+  photographs scikit-learn ships; folders 0..9 by digit. Written into a temporary folder beside
+  root and renamed, so root exists only complete; an existing root is returned as it is (never
+  written into)."""
   from PIL import Image
   from sklearn.datasets import load_digits, load_sample_images
-  done = os.path.join(root, ".complete")
-  if os.path.exists(done):
+  import shutil
+  if os.path.exists(root):
     return root
+  final, root = root, root.rstrip("/") + ".writing"
+  shutil.rmtree(root, ignore_errors=True)  # a write that was interrupted
   rng = np.random.default_rng(seed)
   digits = load_digits()
   glyphs = (digits.images * (255.0 / 16.0)).astype(np.uint8)
@@ -219,9 +223,8 @@ def write_photo_digits(root: str, n: int, size: int = 40, seed: int = 0) -> str:
     background.paste(Image.new("RGB", (g, g), colour), (x, y), glyph)
     path = os.path.join(root, str(int(digits.target[j])), f"{i:06d}.jpg")
     background.save(path, quality=90)
-  with open(done, "w") as f:
-    f.write(f"{n} images\n")
-  return root
+  os.rename(root, final)
+  return final
 
 
 def main(argv):
@@ -238,11 +241,11 @@ def main(argv):
   offsets = tuple(int(o) for o in FLAGS.seed_offsets.split(",") if o.strip())
   for o in offsets:
     variant_overrides(config, "seed", seed_offset=o)
-  if config.data.source == "imagefolder":
+  train_dir = os.path.join(config.data.data_dir, config.data.train_split)
+  if config.data.source == "imagefolder" and not os.path.exists(train_dir):
     t = time.time()
-    write_photo_digits(os.path.join(config.data.data_dir, config.data.train_split),
-                       FLAGS.n_images)
-    print(f"[agreement] ImageFolder {config.data.data_dir} ready ({time.time() - t:.0f} s)",
+    write_photo_digits(train_dir, FLAGS.n_images)
+    print(f"[agreement] wrote {FLAGS.n_images} images to {train_dir} ({time.time() - t:.0f} s)",
           flush=True)
   out = measure(config, FLAGS.workdir, variants, FLAGS.ipc, FLAGS.early_factor, offsets)
   print(out["table"], flush=True)

@@ -56,3 +56,16 @@ def test_measure_the_reference_against_itself_and_another_seed(tmp_path):
   saved = json.loads((tmp_path / "agreement.json").read_text())
   assert [r["name"] for r in saved["rows"]] == ["reference", "seed", "together"]
   assert "| together | score.together=True, seed=1 |" in (tmp_path / "agreement.md").read_text()
+
+
+def test_write_photo_digits_writes_once_and_never_into_an_existing_folder(tmp_path):
+  from pca_jax.data.sources import ImageFolderSource
+  root = str(tmp_path / "train")
+  assert agreement.write_photo_digits(root, 100, size=24) == root
+  src = ImageFolderSource(root)
+  assert len(src) == 100 and src.class_names == [str(c) for c in range(10)]
+  image, label = src[0]
+  assert image.shape == (24, 24, 3) and 0 <= label < 10
+  assert not (tmp_path / "train.writing").exists()
+  agreement.write_photo_digits(root, 150, size=24)  # exists: read as it is
+  assert len(ImageFolderSource(root)) == 100

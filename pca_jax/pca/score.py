@@ -202,8 +202,13 @@ def stage_score(run, stage) -> dict:
     return {**info, "precomputed": cfg.score.scores_path}
 
   import time
+  from pca_jax import parallel
   from pca_jax.data import pipeline
-  decoded_before, t0 = pipeline.images_decoded(), time.time()
+
+  def decoded() -> int:
+    """Images the pipelines of all processes have read so far (each process reads its shard)."""
+    return int(parallel.gather_host_local(np.asarray([pipeline.images_decoded()])).sum())
+  decoded_before, t0 = decoded(), time.time()
   variables, train_metrics, history = [], [], {}
   for ks in model_groups(cfg):
     v, m, h = _train_group(run, stage, ks)
@@ -211,12 +216,11 @@ def stage_score(run, stage) -> dict:
     train_metrics += m
     for name, values in h.items():
       history.setdefault(name, []).extend(values)
-  decoded_training, t1 = pipeline.images_decoded() - decoded_before, time.time()
+  decoded_training, t1 = decoded() - decoded_before, time.time()
   names = scoring.SELECTION_SCORES
   result = _score_all(run, variables, names, f"score {n} examples x {len(variables)} models")
-  decoded = pipeline.images_decoded() - decoded_before
   info.update(together=bool(cfg.score.together), image_size=score_image_size(cfg),
-              images_decoded=decoded, images_decoded_training=decoded_training,
+              images_decoded=decoded() - decoded_before, images_decoded_training=decoded_training,
               train_wall_s=t1 - t0, score_wall_s=time.time() - t1)
   if not result["seen"].all():
     raise ValueError(f"{int((~result['seen']).sum())} examples were not scored; the pipeline "
