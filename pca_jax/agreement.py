@@ -48,8 +48,8 @@ flags.DEFINE_string("seed_offsets", "1", "Comma list: every variant runs at conf
                     "offset (several give several independent samples of each agreement).")
 flags.DEFINE_integer("early_factor", 4, "early: the nominal schedule is this many times "
                      "score.train.epochs.")
-flags.DEFINE_integer("n_images", 20000, "write_photo_digits: images of the ImageFolder written "
-                     "when data.data_dir has none.")
+flags.DEFINE_integer("folder_images", 20000, "write_photo_digits: images of the ImageFolder "
+                     "written when data.data_dir has none.")
 
 REFERENCE = {"score.together": False, "score.image_size": 0, "score.train.schedule_epochs": 0}
 VARIANT_NAMES = ("seed", "together", "lowres", "early", "config")
@@ -244,9 +244,9 @@ def main(argv):
   train_dir = os.path.join(config.data.data_dir, config.data.train_split)
   if config.data.source == "imagefolder" and not os.path.exists(train_dir):
     t = time.time()
-    write_photo_digits(train_dir, FLAGS.n_images)
-    print(f"[agreement] wrote {FLAGS.n_images} images to {train_dir} ({time.time() - t:.0f} s)",
-          flush=True)
+    write_photo_digits(train_dir, FLAGS.folder_images)
+    print(f"[agreement] wrote {FLAGS.folder_images} images to {train_dir} "
+          f"({time.time() - t:.0f} s)", flush=True)
   out = measure(config, FLAGS.workdir, variants, FLAGS.ipc, FLAGS.early_factor, offsets)
   print(out["table"], flush=True)
 

@@ -69,3 +69,13 @@ def test_write_photo_digits_writes_once_and_never_into_an_existing_folder(tmp_pa
   assert not (tmp_path / "train.writing").exists()
   agreement.write_photo_digits(root, 150, size=24)  # exists: read as it is
   assert len(ImageFolderSource(root)) == 100
+
+
+def test_the_command_line_modules_import_together():
+  """Their absl flags live in one registry: no name may be defined twice."""
+  import subprocess
+  import sys
+  from tests.test_main import ROOT
+  r = subprocess.run([sys.executable, "-c", "import pca_jax.agreement, pca_jax.speedbench, "
+                      "pca_jax.main"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
