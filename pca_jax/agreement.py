@@ -234,7 +234,16 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required")
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
-  config = FLAGS.config
+  try:
+    run_from_flags(FLAGS.config)
+  except ValueError as e:  # unknown variants, bad offsets, config and data errors: one line
+    import sys
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def run_from_flags(config: Any) -> None:
+  """Checks the variants and offsets, writes the synthetic folder if needed, measures, prints."""
   variants = [v.strip() for v in FLAGS.variants.split(",") if v.strip()]
   for v in variants:
     variant_overrides(config, v)  # unknown names fail before anything runs

@@ -79,3 +79,16 @@ def test_the_command_line_modules_import_together():
   r = subprocess.run([sys.executable, "-c", "import pca_jax.agreement, pca_jax.speedbench, "
                       "pca_jax.main"], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_bad_variant_is_one_line_and_exit_2(tmp_path):
+  import subprocess
+  import sys
+  from tests.test_main import ROOT
+  r = subprocess.run([sys.executable, "-m", "pca_jax.agreement", "--config=configs/demo.py",
+                      f"--workdir={tmp_path / 'a'}", "--variants=fast"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      "error: unknown agreement variant 'fast'; choose from ('seed', 'together', 'lowres', "
+      "'early', 'config')"]
+  assert not (tmp_path / "a").exists()
