@@ -130,6 +130,14 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
+def replicate_key(key: jax.Array, mesh: Mesh) -> jax.Array:
+  """A PRNG key array (typed) replicated on every device of the mesh, e.g. to pass a seed's key
+  into a jitted step as an argument. Goes through the key's raw uint32 data, which device_put
+  places on a multi-process mesh (a typed key committed to a local device it does not)."""
+  data = replicate(np.asarray(jax.random.key_data(key)), mesh)
+  return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
+
+
 def stack_trees(trees: Sequence[Any]) -> Any:
   """K pytrees of one structure -> one pytree whose leaves have a leading model axis of size K."""
   return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *trees)

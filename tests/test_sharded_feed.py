@@ -61,7 +61,7 @@ def test_every_image_once_per_epoch_from_the_local_shard(n, batch):
   b = feed.batch // n_dev
   assert feed.steps_per_epoch == math.ceil(slots / b) == math.ceil(n / feed.batch)
   feed.open(0)
-  stored_images, stored_labels, _ = feed.args(0)
+  stored_images, stored_labels, _, _ = feed.args(0)
   assert stored_images.shape == (n_dev * slots, 4, 4, 3)
   assert stored_images.sharding.spec == P("data")
   assert [s.data.shape[0] for s in stored_images.addressable_shards] == [slots] * n_dev

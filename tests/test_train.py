@@ -218,7 +218,7 @@ def test_memory_feed_draws_one_permutation_per_epoch():
   feed = MemoryFeed(_memory(40), cfg, mesh)
   calls = []
   real = feed._perm_fn
-  feed._perm_fn = lambda e: calls.append(int(e)) or real(e)
+  feed._perm_fn = lambda key, e: calls.append(int(e)) or real(key, e)
   feed.open(0)
   assert feed.batch == 16 and feed.steps_per_epoch == 3
   perms = [np.asarray(feed.args(step)[2]) for step in range(9)]
@@ -226,14 +226,45 @@ def test_memory_feed_draws_one_permutation_per_epoch():
   assert sorted(perms[0].tolist()) == list(range(40))
   assert not np.array_equal(perms[0], perms[3])
   # the gather of one epoch visits every stored image exactly once (weights mask the filler)
-  images, labels, perm = feed.args(0)
+  images, labels, perm, key = feed.args(0)
   seen = []
   for step in range(3):
-    _, lab, w = jax.jit(feed.gather)(step, images, labels, perm)
+    _, lab, w = jax.jit(feed.gather)(step, images, labels, perm, key)
     idx = np.asarray(perm)[step * 16:(step + 1) * 16]
     assert np.asarray(w).sum() == len(idx)
     seen += idx.tolist()
   assert sorted(seen) == list(range(40))
+
+
+@pytest.mark.parametrize("together,layout", [(False, "replicated"), (False, "sharded"),
+                                             (True, "replicated")])
+def test_one_compiled_step_serves_every_seed(together, layout):
+  """The seed's keys (augmentation, data order) are arguments of the train step and of the
+  epoch permutation, not constants folded into them: two seeds lower to the same program (so the
+  second reuses the first's compilation, in memory and in the persistent cache), and still train
+  differently."""
+  from pca_jax.training import loop
+  from pca_jax.training.feeds import make_feed
+  mesh = parallel.make_mesh()
+  texts, losses = [], []
+  for seed in (3, 4):
+    cfg = tiny_config(batch_size=16, crop="rrc", flip=True, seed=seed, shard_set=layout)
+    data = train.InMemoryData(*colour_dataset(40, 4, 8, 0), 4)
+    feed = make_feed(data, cfg.train, mesh)
+    model = loop.model_from_config(cfg.model, 4)
+    tx, _ = steps.make_optimizer(cfg.train, feed.steps_per_epoch)
+    seeds = [seed, seed + 10] if together else None
+    state = parallel.replicate(loop._initial_state(model, tx, cfg.train, 8, seeds), mesh)
+    step = loop._build_step(cfg.train, feed, 8, loop.loss_spec(cfg.train, 4, None), mesh, seeds,
+                            "vmap")
+    feed.open(0)
+    perm_key = feed._epoch_key if layout == "sharded" else feed._data_key
+    texts.append((step.lower(state, feed.args(0)).as_text(),
+                  feed._perm_fn.lower(perm_key, 0).as_text()))
+    _, m = step(state, feed.args(0))
+    losses.append(np.asarray(m["loss"]))
+  assert texts[0] == texts[1]
+  assert not np.allclose(losses[0], losses[1])
 
 
 def test_random_streams_are_independent():

@@ -66,7 +66,10 @@ class _DeviceSetFeed:
     self.batch = min(cfg.batch_size, math.ceil(n / n_dev) * n_dev)  # tiny sets: 1 batch / epoch
     self.device_crop = cfg.crop
     self._data, self._mesh = data, mesh
-    self._data_key = rng.stream_key(cfg.seed, "data")
+    # an argument of the compiled gather and permutation, never a constant in them: one program
+    # (and one compilation) serves every seed
+    self._host_key = rng.stream_key(cfg.seed, "data")
+    self._data_key = parallel.replicate_key(self._host_key, mesh)
     self._images = self._labels = None
     self._epoch, self._perm = None, None
 
@@ -84,7 +87,7 @@ class _DeviceSetFeed:
     epoch = step // self.steps_per_epoch
     if epoch != self._epoch:
       self._epoch, self._perm = epoch, self._order(epoch)
-    return self._images, self._labels, self._perm
+    return self._images, self._labels, self._perm, self._data_key
 
   def close(self) -> None:
     self._images = self._labels = self._perm = None
@@ -98,12 +101,11 @@ class MemoryFeed(_DeviceSetFeed):
     super().__init__(data, cfg, mesh)
     n = self.num_examples
     self.steps_per_epoch = math.ceil(n / self.batch)
-    data_key = self._data_key
-    self._perm_fn = jax.jit(lambda e: jax.random.permutation(jax.random.fold_in(data_key, e), n),
+    self._perm_fn = jax.jit(lambda key, e: jax.random.permutation(jax.random.fold_in(key, e), n),
                             out_shardings=parallel.replicated(mesh))
     batch, per_epoch, shard = self.batch, self.steps_per_epoch, parallel.batch_sharding(mesh)
 
-    def gather(step, images, labels, perm):
+    def gather(step, images, labels, perm, data_key):
       """The step's images: positions j*B .. j*B+B-1 of the epoch's permutation; the last batch
       of an epoch is completed with random images that get weight 0 (one view per image)."""
       epoch, j = jnp.divmod(step, per_epoch)
@@ -121,7 +123,7 @@ class MemoryFeed(_DeviceSetFeed):
             parallel.replicate(np.asarray(self._data.labels, np.int32), self._mesh))
 
   def _order(self, epoch: int) -> jax.Array:
-    return self._perm_fn(epoch)
+    return self._perm_fn(self._data_key, epoch)
 
 
 def shard_layout(n: int, n_dev: int, key: jax.Array) -> np.ndarray:
@@ -158,7 +160,8 @@ class ShardedMemoryFeed(_DeviceSetFeed):
     slots, b = math.ceil(n / n_dev), self.batch // n_dev
     self.slots_per_device = slots
     self.steps_per_epoch = math.ceil(slots / b)
-    layout_key, epoch_key = jax.random.split(self._data_key)
+    layout_key, epoch_key = jax.random.split(self._host_key)
+    self._epoch_key = parallel.replicate_key(epoch_key, mesh)
     self.slot_images = shard_layout(n, n_dev, layout_key)  # slot -> stored image, int64 [n_dev*S]
     axis, spec, per_epoch = parallel.DATA_AXIS, P(parallel.DATA_AXIS), self.steps_per_epoch
 
@@ -166,10 +169,11 @@ class ShardedMemoryFeed(_DeviceSetFeed):
       """How many of device d's slots hold a stored image (the rest are padding)."""
       return n // n_dev + (d < n % n_dev)
 
-    def local_perm(epoch):
+    def local_perm(epoch_key, epoch):
       key = jax.random.fold_in(jax.random.fold_in(epoch_key, epoch), jax.lax.axis_index(axis))
       return jax.random.permutation(key, slots).astype(jnp.int32)
-    self._perm_fn = jax.jit(jax.shard_map(local_perm, mesh=mesh, in_specs=P(), out_specs=spec))
+    self._perm_fn = jax.jit(jax.shard_map(local_perm, mesh=mesh, in_specs=(P(), P()),
+                                          out_specs=spec))
 
     def local_gather(j, images, labels, perm):
       pos = j * b + jnp.arange(b)
@@ -179,9 +183,10 @@ class ShardedMemoryFeed(_DeviceSetFeed):
     gather_local = jax.shard_map(local_gather, mesh=mesh, in_specs=(P(), spec, spec, spec),
                                  out_specs=spec)
 
-    def gather(step, images, labels, perm):
+    def gather(step, images, labels, perm, data_key):
       """The step's images, each device's b from its own slots: images [B, H, W, 3] uint8,
       labels [B] int32, weights [B] float32, all sharded over "data" (device d: rows d*b..)."""
+      del data_key  # the order is all in perm
       return gather_local(step % per_epoch, images, labels, perm)
     self.gather = gather
 
@@ -196,7 +201,7 @@ class ShardedMemoryFeed(_DeviceSetFeed):
             jax.make_array_from_callback((len(src),), sharding, lambda idx: labels[src[idx[0]]]))
 
   def _order(self, epoch: int) -> jax.Array:
-    return self._perm_fn(epoch)
+    return self._perm_fn(self._epoch_key, epoch)
 
 
 class SourceFeed:
