@@ -50,24 +50,28 @@ def load_scores(path: str, n: int) -> np.ndarray:
 
 
 def score_histogram(path: fs.PathLike, scores: np.ndarray, labels: np.ndarray, title: str) -> None:
-  """A PNG with one histogram panel per group of classes (<= 10 groups)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  """A PNG with one histogram panel per group of classes (<= 10 groups).
+
+  Drawn on a bare matplotlib Figure with a fixed layout: pyplot's import and tight_layout took
+  0.6 of the 1.0 s this plot cost in the demo's score stage."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
 
   num_classes = int(labels.max()) + 1
   groups = np.array_split(np.arange(num_classes), min(10, num_classes))
-  fig, axes = plt.subplots(2, 5, figsize=(15, 5.5), sharex=True)
+  fig = Figure(figsize=(15, 5.5))
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(2, 5, sharex=True)
   bins = np.linspace(float(scores.min()), float(scores.max()) + 1e-6, 30)
   for ax, g in zip(axes.flat, groups):
-    ax.hist(scores[np.isin(labels, g)], bins=bins, color="tab:blue")
+    counts, _ = np.histogram(scores[np.isin(labels, g)], bins=bins)
+    ax.stairs(counts, bins, fill=True, color="tab:blue")
     ax.set_title(f"class {g[0]}" if len(g) == 1 else f"classes {g[0]}-{g[-1]}", fontsize=9)
   for ax in list(axes.flat)[len(groups):]:
     ax.axis("off")
   fig.suptitle(f"per-example score: {title} (lower = easier)")
-  fig.tight_layout()
+  fig.subplots_adjust(left=0.04, right=0.99, bottom=0.06, top=0.88, wspace=0.25, hspace=0.3)
   fs.write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
-  plt.close(fig)
 
 
 def score_image_size(config) -> int:
