@@ -10,7 +10,7 @@ difficulty window chosen per IPC and seed on a validation split of the train spl
 paper's 300: CPU budget; the same for every method), evaluated every 10 epochs (the table shows the
 final top-1 and the best of those evaluations). Teacher: the same architecture trained 15 epochs on
 the full train split. Scores: EL2N / entropy / forgetting / AUM from 2 models x 3 epochs. SRe2L /
-CDA recover 200 iterations (published: 1,000; 4,000 at ImageNet scale): CPU budget, see the README.
+CDA recover 200 iterations (published: 1,000; 4,000 at ImageNet scale): CPU budget, see docs/benchmark.md.
 
   python -m pca_jax.main --config=configs/benchmark_demo.py --workdir=runs/benchmark_demo
 """
@@ -23,8 +23,8 @@ demo_config = sibling_config(__file__, "demo")
 def get_config():
   c = demo_config()
   c.stages = "score,teacher,benchmark"
-  # the README's table was measured with the reference scoring (the models one after another);
-  # scored together, the prune step selects sets that train as well (README, "Scoring at scale")
+  # the table in docs/benchmark.md was measured with the reference scoring (the models one after another);
+  # scored together, the prune step selects sets that train as well (docs/scale.md, "Scoring the full dataset at scale")
   c.score.together = False
   c.score.forgetting = True
   c.score.aum = True

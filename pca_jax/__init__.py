@@ -5,7 +5,7 @@ import os as _os
 __version__ = "0.2.0"
 
 # XLA:CPU's YNNPACK convolutions train ResNet-18 ~1.4x slower than XLA's Eigen convolutions on
-# the 2-core x86 machines this project is tested on (python -m pca_jax.speedbench; README "Speed").
+# the 2-core x86 machines this project is tested on (python -m pca_jax.speedbench; docs/scale.md, "Speed").
 # YNNPACK stays on for everything else (its reductions are the fast ones). The flag only touches
 # the CPU backend, must be set before JAX starts a backend, and is skipped when the user already
 # chose a YNN setting or sets PCA_JAX_XLA_CPU_DEFAULTS=0.

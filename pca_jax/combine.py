@@ -9,6 +9,23 @@ import jax.numpy as jnp
 import numpy as np
 
 
+FITS = ("squash", "center_crop")   # a whole image into its cell: resized, or centre-cropped
+
+
+def check_combine_block(config) -> None:
+  """combine.fit is known and combine.grid divides data.image_size."""
+  from pca_jax.config import check_choice
+  check_choice("combine.fit", config.combine.fit, FITS)
+  grid, size = tuple(config.combine.grid), config.data.image_size
+  if len(grid) != 2 or min(grid) < 1 or max(grid) > 8:
+    raise ValueError(f"combine.grid={grid} is out of range; use (rows, cols) between 1 and 8")
+  try:
+    check_grid(grid, (size, size))
+  except ValueError:
+    raise ValueError(f"combine.grid={grid} does not divide data.image_size={size}; use an "
+                     f"image size that is a multiple of {grid[0]} and {grid[1]}") from None
+
+
 def check_grid(grid: tuple[int, int], out_size: tuple[int, int]) -> tuple[int, int]:
   """Validates a (rows, cols) grid against an output size; returns the cell size (h, w)."""
   if len(grid) != 2 or min(grid) < 1:

@@ -1,13 +1,17 @@
-"""The shared base config (paper defaults), its validation, and config fingerprints.
+"""The shared base config (paper defaults), config fingerprints, and the shared field checks.
 
 configs/*.py call `base_config()` and override only what differs. Every number the paper fixes is a
 field here; the numbers the paper does NOT fix (scoring model/epochs/K, grid, crop scale in a patch)
-are fields too, with the defaults argued in the README.
+are fields too, with the defaults argued in the docs.
 
 `fingerprint` is the one hash that every cached artifact carries (stage outputs, checkpoints,
 benchmark sets and cells): it lives here, not in the runner, because the trainer's checkpoint guard
-needs it too and must not import the orchestration layer. This module imports nothing heavy (no
-jax): the CLI validates a config before any backend starts.
+needs it too and must not import the orchestration layer.
+
+This module is the ground floor: it imports no other pca_jax module and no jax, so a config file
+loads in a blink. Each block's checks live with the code that owns the block (e.g. the select
+block's in pca_jax.selection) and use the helpers at the end of this file; pca_jax.checks composes
+them into `validate(config)`.
 """
 
 from __future__ import annotations
@@ -23,16 +27,15 @@ import ml_collections
 STAGES = ("score", "teacher", "tune", "select", "combine", "store", "train", "eval", "benchmark",
           "report")
 PCA_STAGES = ("score", "select", "combine", "store", "train", "eval", "report")
-SELECT_MODES = ("easy", "hard", "random", "ccs")
-SELECT_ORDERS = ("easy", "random")
-TUNE_RESOLUTIONS = ("full", "patch")
-TUNE_CROPS = ("patch", "rrc")
-FITS = ("squash", "center_crop")
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "step", "constant")
-RESOLUTIONS = ("full", "patch", "blur")
-SHARD_SET_CHOICES = ("auto", "replicated", "sharded")
-MODEL_AXES = ("vmap", "loop")   # how models trained together share a step (parallel.map_models)
+
+# The data fields that decide which training / evaluation images a stage sees (stage and cache
+# fingerprints).
+TRAIN_DATA = ("data.source", "data.tfds_name", "data.data_dir", "data.synthetic",
+              "data.image_column", "data.label_column", "data.train_split", "data.image_size",
+              "data.demo_image_size", "data.skip_corrupt")
+EVAL_DATA = ("data.source", "data.tfds_name", "data.data_dir", "data.synthetic",
+             "data.image_column", "data.label_column", "data.eval_split",
+             "data.eval_crop_fraction", "data.demo_image_size")
 
 # Leaf names that never change what an artifact contains: threads, logging, checkpoint and
 # evaluation cadence, batch sizes of evaluation passes, caches, the stage list itself.
@@ -98,13 +101,42 @@ def base_config() -> ml_collections.ConfigDict:
   c.force = False
   c.method = "pca"
   c.jax_cache_dir = os.path.join(os.path.expanduser("~"), ".cache", "pca_jax", "jax")
+  # Experiment tracking (pca_jax.tracking): TensorBoard event files under every training run's
+  # tensorboard/ (`tensorboard --logdir <workdir>`); wandb_project mirrors them to W&B (optional
+  # package; WANDB_MODE=offline keeps the runs on disk). metrics.jsonl is always written.
+  c.log = ml_collections.ConfigDict()
+  c.log.tensorboard = True
+  c.log.wandb_project = ""
+  # True: run this config end to end on synthetic data of the real dataset's shape, a few steps
+  # per training run, after printing the real run's plan (pca_jax.rehearsal)
+  c.rehearse = False
+  c.rehearsal = ml_collections.ConfigDict()
+  c.rehearsal.classes = 0            # > 0: that many classes of the real sizes; 0: all
+  c.rehearsal.image_size = 0         # 0: the smallest size the grids divide as the real one
+  c.rehearsal.steps = 2              # steps of every training run, iterations of SRe2L / CDA
+  c.rehearsal.width = 0              # > 0: the model at this width (fast rehearsals on a CPU)
+  # True: one seed and the largest IPC of the benchmark / tune grids (every method, grid and label
+  # mode still runs: the structure, not the repeats); the printed plan still covers every cell
+  c.rehearsal.thin = False
+  # The rates the plan (printed by the rehearsal, the device check) projects wall times with:
+  # ResNet-18 at 224 px on the device, JPEG decoding at 224 px on the host (pca_jax.projection)
+  c.plan = ml_collections.ConfigDict()
+  c.plan.train_img_per_s = 3000.0
+  c.plan.forward_img_per_s = 9000.0
+  c.plan.decode_img_per_s_per_core = 300.0
+  c.plan.host_cores = 16
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "tfds"             # "tfds" | "imagefolder" | "demo"
+  c.data.source = "tfds"             # "tfds" | "imagefolder" | "parquet" | "demo"
   c.data.tfds_name = "imagenet2012"
   c.data.data_dir = os.environ.get("TFDS_DATA_DIR", "")
-  c.data.train_split = "train"
+  c.data.train_split = "train"       # imagefolder: a folder; parquet: a shard prefix
   c.data.eval_split = "validation"
+  # data.source="parquet" (a Hugging Face dataset directory, data_dir/data/<split>-*.parquet):
+  # the image column ({bytes, path} or binary) and the label column (integer class ids or a
+  # ClassLabel); "" = "label", else "class_id"
+  c.data.image_column = "image"
+  c.data.label_column = ""
   c.data.image_size = 224            # storage and training resolution
   c.data.eval_crop_fraction = 0.875  # Resize(256) + CenterCrop(224)
   c.data.demo_image_size = 16
@@ -112,6 +144,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_threads = 16
   c.data.num_workers = 0
   c.data.prefetch_mb = 1024          # host memory of decoded batches read ahead (MiB)
+  # data.source="synthetic" (set by the rehearsal, --config.rehearse=True): generated images of
+  # a dataset's shape, `of` naming the dataset it stands in for
+  c.data.synthetic = ml_collections.ConfigDict(dict(of="", counts=(1,), eval_counts=(1,)))
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet18"
@@ -136,7 +171,7 @@ def base_config() -> ml_collections.ConfigDict:
   # True: the K models train together, one jitted step per decoded batch (one data order, each
   # model its own initialisation and crops, taken on the device): the host decodes epochs x N
   # images instead of K x epochs x N. False: one model after another, each with its own data
-  # order and torchvision's crops on the host (the reference). The README measures the two.
+  # order and torchvision's crops on the host (the reference). docs/scale.md measures the two.
   c.score.together = True
   # together: "loop" (K copies of the step in one program: never slower than K steps) or "vmap"
   # (batched kernels: faster for the demo's tiny layers on CPU, 2x slower at 32px width 16)
@@ -210,8 +245,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.benchmark.teacher_weights = ""   # a torchvision ResNet state_dict (.pth) as the teacher
   # rded (Sun et al. 2024; LINs-lab/RDED ImageNet scripts): mipc random real images per class,
   # num_crop square random-resized crops of each at image_size / factor, the teacher's lowest-loss
-  # crop per image, the ipc x factor^2 lowest per class stitched factor x factor.
-  c.benchmark.rded_mipc = 300
+  # crop per image, the ipc x factor^2 lowest per class stitched factor x factor. RDED's ImageNet
+  # script draws 300 at IPC 10; 400 lets the default IPCs (up to 100 x 2^2 crops) run.
+  c.benchmark.rded_mipc = 400
   c.benchmark.rded_num_crop = 5
   c.benchmark.rded_factor = 2
   # sre2l / cda recovery from the teacher (VILA-Lab/SRe2L recover.sh; ImageNet uses 4,000 iterations)
@@ -226,7 +262,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.benchmark.synthesis.cda_milestone = 1.0    # cda: fraction of iterations annealing 1.0 -> 0.08
   c.benchmark.synthesis.batch_size = 100       # (ipc index, class) pairs optimised together
   # > 0: every cell also evaluates on the test split every this many epochs; rows then carry
-  # top1_best (max over those and the final evaluation, as the reference benchmark reports)
+  # top1_best (max over those and the final evaluation; the reference CLI prints every
+  # evaluation and reports no best)
   c.benchmark.eval_every_epochs = 0
   c.benchmark.ccs_score = "aum"      # ccs / pca_ccs: the score CCS stratifies (needs its flag)
   c.benchmark.ccs_beta = 0.1
@@ -318,159 +355,53 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   return sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
 
 
-# -------------------------------------------------------------------------------------- validation
-def _check_prefetch_mb(block: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not \
-      (math.isfinite(value) and value > 0):
+# ------------------------------------------------------------------------- field checks, shared
+# The checks of each config block live beside the code that owns the block (selection, combine,
+# training, scoring, data, models, tune, dc); pca_jax.checks composes them. These helpers give
+# every block the same one-line messages.
+def is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_positive_int(field: str, value, meaning: str = "") -> None:
+  """A positive integer, else ValueError "<field> must be a positive integer<meaning>, got ..."."""
+  if not is_int(value) or value < 1:
+    raise ValueError(f"{field} must be a positive integer{meaning}, got {value!r}")
+
+
+def check_int_at_least(field: str, value, minimum: int, meaning: str = "") -> None:
+  if not is_int(value) or value < minimum:
+    raise ValueError(f"{field} must be an integer >= {minimum}{meaning}, got {value!r}")
+
+
+def check_number(field: str, value, ok, allowed: str) -> None:
+  """A finite number with ok(value), else ValueError "<field> must be <allowed>, got ..."."""
+  if not is_number(value) or not ok(value):
+    raise ValueError(f"{field} must be {allowed}, got {value!r}")
+
+
+def check_choice(field: str, value, choices, hint: str = "") -> None:
+  """value in choices, else ValueError "unknown <field> <value>; choose one of <choices>"."""
+  if value not in choices:
+    raise ValueError(f"unknown {field} {value!r}; choose one of {tuple(choices)}{hint}")
+
+
+def check_prefetch_mb(block: str, value) -> None:
+  if not is_number(value) or value <= 0:
     raise ValueError(f"{block}.prefetch_mb must be a positive number of MiB (host memory for "
                      f"decoded batches read ahead), got {value!r}")
 
 
-def _check_train(name: str, tc, full_dataset: bool) -> None:
-  """A training config block: every number in range, every choice known."""
-  _check_prefetch_mb(name, tc.get("prefetch_mb", 1024))
-  from pca_jax.augment import CROP_KINDS
-  if tc.crop not in CROP_KINDS:
-    raise ValueError(f"unknown {name}.crop {tc.crop!r}; choose one of {CROP_KINDS}")
-  if full_dataset and tc.crop == "patch":
-    raise ValueError(f"{name}.crop='patch' crops inside mosaic cells, but {name} trains on the full "
-                     "dataset; use rrc or none")
-  for field in ("epochs", "batch_size", "eval_batch_size", "log_every_steps",
-                "checkpoint_every_steps", "keep_checkpoints", "prefetch", "base_batch_size"):
-    if not isinstance(tc[field], int) or tc[field] < 1:
-      raise ValueError(f"{name}.{field} must be a positive integer, got {tc[field]!r}")
-  if not (isinstance(tc.lr, (int, float)) and math.isfinite(tc.lr) and tc.lr > 0):
-    raise ValueError(f"{name}.lr must be a positive number, got {tc.lr!r}")
-  for field, ok, allowed in (("weight_decay", lambda v: v >= 0, ">= 0"),
-                             ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
-                             ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
-                             ("warmup_epochs", lambda v: v >= 0, ">= 0"),
-                             ("cutmix_alpha", lambda v: v >= 0, ">= 0"),
-                             ("max_steps", lambda v: v >= 0, ">= 0 (0 = no limit)"),
-                             ("temperature", lambda v: v > 0, "> 0")):
-    if not ok(tc[field]):
-      raise ValueError(f"{name}.{field} must be {allowed}, got {tc[field]!r}")
-  if tc.optimizer not in OPTIMIZERS:
-    raise ValueError(f"unknown {name}.optimizer {tc.optimizer!r}; use adamw or sgd")
-  if tc.schedule not in SCHEDULES:
-    raise ValueError(f"unknown {name}.schedule {tc.schedule!r}; use cosine, step or constant")
-  if tc.schedule_unit not in ("epoch", "step"):
-    raise ValueError(f"unknown {name}.schedule_unit {tc.schedule_unit!r}; use epoch or step")
-  if tc.label_mode not in ("hard", "soft"):
-    raise ValueError(f"unknown {name}.label_mode {tc.label_mode!r}; use hard or soft")
-  if tc.get("shard_set", "auto") not in SHARD_SET_CHOICES:
-    raise ValueError(f"unknown {name}.shard_set {tc.shard_set!r}; choose one of {SHARD_SET_CHOICES}")
-  if tc.resolution not in RESOLUTIONS:
-    raise ValueError(f"unknown {name}.resolution {tc.resolution!r}; choose one of {RESOLUTIONS}")
-  scale, ratio = tuple(tc.crop_scale), tuple(tc.crop_ratio)
-  if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-    raise ValueError(f"{name}.crop_scale must satisfy 0 < min <= max <= 1, got {scale}")
-  if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
-    raise ValueError(f"{name}.crop_ratio must satisfy 0 < min <= max, got {ratio}")
-
-
-def _check_score_training(score) -> None:
-  """score.together / model_axis / image_size and score.train.schedule_epochs."""
-  if not isinstance(score.get("together", False), bool):
-    raise ValueError(f"score.together must be True or False, got {score.together!r}")
-  if score.get("model_axis", "vmap") not in MODEL_AXES:
-    raise ValueError(f"unknown score.model_axis {score.model_axis!r}; choose one of {MODEL_AXES}")
-  size = score.get("image_size", 0)
-  if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-    raise ValueError(f"score.image_size must be an integer >= 0 (0 = data.image_size), got "
-                     f"{size!r}")
-  nominal = score.train.get("schedule_epochs", 0)
-  if isinstance(nominal, bool) or not isinstance(nominal, int) or nominal < 0 or \
-      0 < nominal < score.train.epochs:
-    raise ValueError(f"score.train.schedule_epochs must be 0 (the schedule ends with training) "
-                     f"or an integer >= score.train.epochs={score.train.epochs} (the length of "
-                     f"the nominal run the scoring models stop early in), got {nominal!r}")
-
-
-def _check_ccs(block: str, beta, strata) -> None:
-  """CCS parameters: the hard cutoff beta in [0, 1) and the number of strata (an int >= 1)."""
-  if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
-    raise ValueError(f"{block}.ccs_beta must be a fraction in [0, 1) (the hardest part of each "
-                     f"class dropped before stratifying), got {beta!r}")
-  if isinstance(strata, bool) or not isinstance(strata, int) or strata < 1:
-    raise ValueError(f"{block}.ccs_strata must be a positive integer, got {strata!r}")
-
-
-def _check_score_name(field: str, name: str, score_config) -> None:
-  """A score some stage reads: a scoring.SCORES name whose config flag (if any) is on."""
-  from pca_jax.scoring import SCORES
-  if name not in SCORES:
-    raise ValueError(f"unknown {field} {name!r}; choose one of {tuple(SCORES)}")
-  flag = SCORES[name].requires
-  if flag and not score_config[flag]:
-    raise ValueError(f"{field}={name!r} needs --config.score.{flag}=True (the score stage "
-                     f"computes {name} only then)")
-
-
-def _check_synthesis(syn) -> None:
-  """benchmark.synthesis (sre2l / cda): every number in range."""
-  for field in ("iterations", "batch_size"):
-    if not isinstance(syn[field], int) or isinstance(syn[field], bool) or syn[field] < 1:
-      raise ValueError(f"benchmark.synthesis.{field} must be a positive integer, got "
-                       f"{syn[field]!r}")
-  if not isinstance(syn.jitter, int) or syn.jitter < 0:
-    raise ValueError(f"benchmark.synthesis.jitter must be an integer >= 0 (pixels at 224 px), "
-                     f"got {syn.jitter!r}")
-  for field, ok, allowed in (("lr", lambda v: v > 0, "> 0"), ("r_bn", lambda v: v >= 0, ">= 0"),
-                             ("first_bn_multiplier", lambda v: v >= 0, ">= 0"),
-                             ("cda_milestone", lambda v: 0 < v <= 1, "in (0, 1]")):
-    value = syn[field]
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-      raise ValueError(f"benchmark.synthesis.{field} must be {allowed}, got {value!r}")
-  betas, scale = tuple(syn.betas), tuple(syn.crop_scale)
-  if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-    raise ValueError(f"benchmark.synthesis.betas must be two numbers in [0, 1), got {betas}")
-  if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-    raise ValueError(f"benchmark.synthesis.crop_scale must satisfy 0 < min <= max <= 1, got "
-                     f"{scale}")
-
-
-def _check_tune(config, grid_ok) -> None:
-  """The tune block: every search value known and in range, at least one candidate.
-
-  grid_ok(field, grid) raises for a grid that does not fit data.image_size."""
-  from pca_jax.selection import check_window
-  tune = config.tune
-  f = tune.val_fraction
-  if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
-    raise ValueError(f"tune.val_fraction must be a fraction in (0, 1) (the part of every class of "
-                     f"the train split held out for validation), got {f!r}")
-  for field in ("grids", "resolutions", "windows", "prune", "crops", "seeds"):
-    if not isinstance(tune[field], (list, tuple)) or not tune[field]:
-      raise ValueError(f"tune.{field} must be a non-empty tuple, got {tune[field]!r}")
-  for g in tune.grids:
-    grid_ok("tune.grids", tuple(g) if isinstance(g, (list, tuple)) else g)
-  for r in tune.resolutions:
-    if r not in TUNE_RESOLUTIONS:
-      raise ValueError(f"unknown tune.resolutions entry {r!r}; choose from {TUNE_RESOLUTIONS}")
-  for c in tune.crops:
-    if c not in TUNE_CROPS:
-      raise ValueError(f"unknown tune.crops entry {c!r}; choose from {TUNE_CROPS} (patch = "
-                       "inside one mosaic cell, rrc = the whole mosaic)")
-  for p in tune.prune:
-    if not isinstance(p, bool):
-      raise ValueError(f"tune.prune entries must be True (by score, in a window) or False "
-                       f"(random images), got {p!r}")
-  for w in tune.windows:
-    check_window(w, "tune.windows entry")
-  for field in ("epochs",):
-    if isinstance(tune[field], bool) or not isinstance(tune[field], int) or tune[field] < 1:
-      raise ValueError(f"tune.{field} must be a positive integer, got {tune[field]!r}")
-  if any(isinstance(s, bool) or not isinstance(s, int) for s in tune.seeds):
-    raise ValueError(f"tune.seeds must be integers, got {tuple(tune.seeds)}")
-  t = tune.tie_tolerance
-  if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-    raise ValueError(f"tune.tie_tolerance must be >= 0 (top-1 points), got {t!r}")
-  if not any(r == "full" or (int(g[0]) == int(g[1]) > 1) for g in tune.grids
-             for r in tune.resolutions):
-    raise ValueError(f"the tune search has no candidate: resolution 'patch' needs a square grid "
-                     f"> 1x1, tune.grids={tuple(tuple(g) for g in tune.grids)}; add 'full' to "
-                     "tune.resolutions or a square grid to tune.grids")
+def check_unit_interval_pair(field: str, pair) -> tuple[float, float]:
+  """(lo, hi) with 0 < lo <= hi <= 1 (crop scales), else a one-line ValueError."""
+  pair = tuple(pair)
+  if len(pair) != 2 or not all(is_number(v) for v in pair) or not 0 < pair[0] <= pair[1] <= 1:
+    raise ValueError(f"{field} must satisfy 0 < min <= max <= 1, got {pair}")
+  return pair
 
 
 def uses_tune(config) -> bool:
@@ -478,115 +409,3 @@ def uses_tune(config) -> bool:
   stages = parse_stages(config.stages)
   methods = [m.strip() for m in str(config.benchmark.methods).split(",")]
   return "tune" in stages or ("benchmark" in stages and "pca_auto" in methods)
-
-
-def validate(config) -> None:
-  """Raises ValueError naming the field for anything that cannot work (no data is read here)."""
-  from pca_jax.models.resnet import DTYPES, MODELS
-  from pca_jax.data.sources import SOURCES
-  from pca_jax.combine import check_grid
-  from pca_jax.scoring import SCORES, SELECTION_SCORES
-  from pca_jax.training.views import view_sizes
-
-  stages = parse_stages(config.stages)
-  if config.data.source not in SOURCES:
-    raise ValueError(f"unknown data.source {config.data.source!r}; choose one of {SOURCES}")
-  if config.model.name not in MODELS:
-    raise ValueError(f"unknown model.name {config.model.name!r}; choose one of {sorted(MODELS)}")
-  if config.model.dtype not in DTYPES:
-    raise ValueError(f"unknown model.dtype {config.model.dtype!r}; choose one of {sorted(DTYPES)}")
-  from pca_jax.models.resnet import PADDINGS
-  if config.model.get("padding", "torch") not in PADDINGS:
-    raise ValueError(f"unknown model.padding {config.model.padding!r}; choose one of {PADDINGS} "
-                     "(torch: torchvision's layout; same: checkpoints made before it)")
-  if config.model.stem not in ("imagenet", "small"):
-    raise ValueError(f"unknown model.stem {config.model.stem!r}; use imagenet or small")
-  if not isinstance(config.model.width, int) or config.model.width < 1:
-    raise ValueError(f"model.width must be a positive integer, got {config.model.width!r}")
-  size = config.data.image_size
-  if not isinstance(size, int) or size < 1:
-    raise ValueError(f"data.image_size must be a positive integer, got {size!r}")
-  _check_prefetch_mb("data", config.data.get("prefetch_mb", 1024))
-  if not 0 < config.data.eval_crop_fraction <= 1:
-    raise ValueError(f"data.eval_crop_fraction must be in (0, 1], got "
-                     f"{config.data.eval_crop_fraction!r}")
-  if config.score.kind not in SELECTION_SCORES:
-    raise ValueError(f"unknown score.kind {config.score.kind!r}; choose one of "
-                     f"{tuple(SELECTION_SCORES)}")
-  for field in ("num_models", "batch_size"):
-    if not isinstance(config.score[field], int) or config.score[field] < 1:
-      raise ValueError(f"score.{field} must be a positive integer, got {config.score[field]!r}")
-  _check_score_training(config.score)
-  if config.select.mode not in SELECT_MODES:
-    raise ValueError(f"unknown select.mode {config.select.mode!r}; choose one of {SELECT_MODES}")
-  if not isinstance(config.select.ipc, int) or config.select.ipc < 1:
-    raise ValueError(f"select.ipc must be a positive integer, got {config.select.ipc!r}")
-  if config.select.score:
-    _check_score_name("select.score", config.select.score, config.score)
-    if config.score.scores_path and config.select.mode != "random":
-      raise ValueError(f"select.score={config.select.score!r} reads the score stage's own "
-                       "scores, but score.scores_path is set; leave select.score empty to select "
-                       "by the precomputed scores")
-  _check_ccs("select", config.select.ccs_beta, config.select.ccs_strata)
-  from pca_jax.selection import check_window
-  window = check_window(config.select.window, "select.window")
-  if config.select.order not in SELECT_ORDERS:
-    raise ValueError(f"unknown select.order {config.select.order!r}; choose one of "
-                     f"{SELECT_ORDERS}")
-  if config.select.mode != "easy" and (window != (0.0, 1.0) or config.select.order != "easy"):
-    raise ValueError(f"select.window={window} / select.order={config.select.order!r} refine "
-                     f"select.mode='easy' (the easiest-first ranking); with "
-                     f"select.mode={config.select.mode!r} leave them at (0.0, 1.0) and 'easy'")
-  if config.combine.fit not in FITS:
-    raise ValueError(f"unknown combine.fit {config.combine.fit!r}; choose one of {FITS}")
-  grid = tuple(config.combine.grid)
-  if len(grid) != 2 or min(grid) < 1 or max(grid) > 8:
-    raise ValueError(f"combine.grid={grid} is out of range; use (rows, cols) between 1 and 8")
-  try:
-    check_grid(grid, (size, size))
-  except ValueError:
-    raise ValueError(f"combine.grid={grid} does not divide data.image_size={size}; use an "
-                     f"image size that is a multiple of {grid[0]} and {grid[1]}") from None
-  for name, tc, full_dataset in (("train", config.train, False),
-                                 ("score.train", config.score.train, True),
-                                 ("benchmark.teacher", config.benchmark.teacher, True)):
-    _check_train(name, tc, full_dataset)
-  if config.train.resolution != "full":
-    probe = config.train.copy_and_resolve_references()
-    probe.image_size, probe.grid = size, grid
-    try:
-      view_sizes(probe)
-    except ValueError as e:
-      raise ValueError(f"{e} (combine.grid={grid}, data.image_size={size})") from None
-  if uses_tune(config):
-    def grid_ok(field, g):
-      if not isinstance(g, tuple) or len(g) != 2 or not all(
-          isinstance(x, int) and not isinstance(x, bool) for x in g) or min(g) < 1 or max(g) > 8:
-        raise ValueError(f"{field} entry {g} is out of range; use (rows, cols) between 1 and 8")
-      if size % g[0] or size % g[1]:
-        raise ValueError(f"{field} entry {g} does not divide data.image_size={size}; use grids "
-                         "that divide the image size")
-      if g[0] == g[1] > 1 and "patch" in tuple(config.tune.resolutions) and size // g[0] < 4:
-        raise ValueError(f"{field} entry {g}: cells of {size // g[0]}px are too small to train "
-                         "on at the patch resolution; drop that grid or 'patch' from "
-                         "tune.resolutions")
-    _check_tune(config, grid_ok)
-  if "benchmark" in stages:
-    from pca_jax.dc.plan import plan_cells
-    plan_cells(config.benchmark, grid, size, {"x": 1})
-    for field in ("rded_mipc", "rded_num_crop", "rded_factor", "soft_label_bytes_per_value"):
-      value = config.benchmark[field]
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"benchmark.{field} must be an integer >= 1, got {value!r}")
-    _check_synthesis(config.benchmark.synthesis)
-    every = config.benchmark.eval_every_epochs
-    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-      raise ValueError(f"benchmark.eval_every_epochs must be an integer >= 0 (0 = final "
-                       f"evaluation only), got {every!r}")
-    if config.benchmark.ccs_score not in SCORES:
-      raise ValueError(f"unknown benchmark.ccs_score {config.benchmark.ccs_score!r}; choose one "
-                       f"of {tuple(SCORES)}")
-    _check_ccs("benchmark", config.benchmark.ccs_beta, config.benchmark.ccs_strata)
-  if config.data.source == "imagefolder" and not config.data.data_dir:
-    raise ValueError("data.source='imagefolder' needs --config.data.data_dir=<root with "
-                     f"{config.data.train_split}/ and {config.data.eval_split}/ class folders>")

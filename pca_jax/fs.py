@@ -93,10 +93,84 @@ def _tmp_name(p: epath.Path) -> epath.Path:
   return p.with_name(f".{p.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def check_writable(directory: PathLike) -> epath.Path:
+# What a local GCS emulator (STORAGE_EMULATOR_HOST) needs besides its address, per client.
+EMULATOR_VARIABLES = {
+    "FSSPEC_GCS_TOKEN": "anon (gcsfs: no credential lookup, there is no metadata server)",
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false (gcsfs: no bucket-type requests the emulator "
+                                         "does not answer)",
+    "TENSORSTORE_GCS_HTTP_URL": "the emulator's URL (Orbax's tensorstore writes checkpoints "
+                                "there, else to storage.googleapis.com)",
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "any value (tensorstore: no credential lookup)",
+}
+STORE_TIMEOUT_S = float(os.environ.get("PCA_JAX_STORE_TIMEOUT_S", "60"))
+
+
+def check_store_settings(p: PathLike) -> None:
+  """For a gs:// path with STORAGE_EMULATOR_HOST set: every variable the clients need to talk to
+  the emulator is set, else one ValueError naming the missing ones (without them a client looks
+  for credentials or for the real service and waits, silently, for minutes)."""
+  if not os.fspath(p).startswith(("gs://", "gcs://")) or not os.environ.get("STORAGE_EMULATOR_HOST"):
+    return
+  missing = [k for k in EMULATOR_VARIABLES if not os.environ.get(k)]
+  if os.environ.get("FSSPEC_GCS_TOKEN", "anon") != "anon":
+    missing.insert(0, "FSSPEC_GCS_TOKEN")
+  if missing:
+    need = "; ".join(f"{k}={EMULATOR_VARIABLES[k]}" for k in missing)
+    raise ValueError(f"{p}: STORAGE_EMULATOR_HOST={os.environ['STORAGE_EMULATOR_HOST']} points at "
+                     f"a local GCS emulator, but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                     f"not set as it needs: {need} (docs/scale.md, object stores)")
+
+
+def within(timeout_s: float, fn: Callable[[], Any], what: str) -> Any:
+  """fn() on a daemon thread, waited for at most timeout_s: its result or its exception, or a
+  ValueError saying that `what` did not answer in time (a client stuck in a network call, e.g.
+  looking for credentials, cannot be interrupted; the thread is left to die with the process)."""
+  import threading
+  box: dict = {}
+
+  def target():
+    try:
+      box["result"] = fn()
+    except BaseException as e:  # noqa: BLE001 - handed to the caller
+      box["error"] = e
+  thread = threading.Thread(target=target, name="pca_jax-store-probe", daemon=True)
+  thread.start()
+  thread.join(timeout_s)
+  if thread.is_alive():
+    raise ValueError(f"{what} did not answer within {timeout_s:.0f} s: check the bucket name, the "
+                     "credentials (gcloud auth application-default login, or "
+                     "GOOGLE_APPLICATION_CREDENTIALS) and the network; for a local emulator set "
+                     f"STORAGE_EMULATOR_HOST and {', '.join(EMULATOR_VARIABLES)} "
+                     "(PCA_JAX_STORE_TIMEOUT_S sets the wait)")
+  if "error" in box:
+    raise box["error"]
+  return box.get("result")
+
+
+def check_reachable(p: PathLike, timeout_s: float | None = None) -> None:
+  """Object stores: the settings (check_store_settings), then one bounded existence check of p;
+  nothing for local paths."""
+  if not is_remote(p):
+    return
+  check_store_settings(p)
+  within(STORE_TIMEOUT_S if timeout_s is None else timeout_s, lambda: path(p).exists(),
+         f"the object store holding {p}")
+
+
+def check_writable(directory: PathLike, timeout_s: float | None = None) -> epath.Path:
   """Creates `directory` if needed and checks that files can be written there (clear error if
-  not). Object stores: the probe is one small object, written and deleted."""
+  not). Object stores: the settings are checked (check_store_settings) and the probe, one small
+  object written and deleted, must answer within timeout_s (default PCA_JAX_STORE_TIMEOUT_S,
+  60 s)."""
   d = path(directory)
+  if is_remote(d):
+    check_store_settings(d)
+    return within(STORE_TIMEOUT_S if timeout_s is None else timeout_s,
+                  lambda: _check_writable(d), f"the object store holding {d}")
+  return _check_writable(d)
+
+
+def _check_writable(d: epath.Path) -> epath.Path:
   try:
     d.mkdir(parents=True, exist_ok=True)
     probe = d / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -231,7 +305,7 @@ def file_stats(p: PathLike) -> tuple[int, float]:
   return int(st.length), float(st.mtime or 0)
 
 
-def _upload_tree(local: str, target: epath.Path) -> None:
+def upload_tree(local: str, target: epath.Path) -> None:
   """Uploads a local tree file by file, every manifest.json after the other files."""
   files = [os.path.join(d, f) for d, _, names in os.walk(local) for f in names]
   files.sort(key=lambda f: (os.path.basename(f) == "manifest.json", f))
@@ -253,7 +327,7 @@ def atomic_dir(target: PathLike) -> Iterator[epath.Path]:
       if is_writer():
         audit(target)
         remove(target)
-        _upload_tree(os.fspath(local), target)
+        upload_tree(os.fspath(local), target)
     finally:
       shutil.rmtree(os.fspath(local), ignore_errors=True)
     return

@@ -62,21 +62,52 @@ def _preempt_on_sigterm():
   return signal.signal(signal.SIGTERM, on_term)
 
 
+def _remote_inputs(config) -> list[str]:
+  """The object-store paths the run reads besides its run directory (data, teacher, sets,
+  scores): each is checked up front with a bounded wait (fs.check_reachable)."""
+  from pca_jax import fs
+  from pca_jax.dc.stages import external_paths
+  paths = [config.data.data_dir, config.benchmark.teacher_weights,
+           config.benchmark.teacher_workdir, config.score.scores_path,
+           *external_paths(config).values()]
+  return [p for p in paths if p and fs.is_remote(p)]
+
+
+def _check_run_directory(workdir, config) -> None:
+  """The run directory is writable (process 0) and shared by every process; object stores
+  answer within fs.STORE_TIMEOUT_S and have the settings their clients need."""
+  from pca_jax import fs, parallel
+  fs.check_store_settings(workdir)  # every process: no network, one line if a variable is missing
+  for p in _remote_inputs(config):
+    fs.check_reachable(p)
+  parallel.on_writer(lambda: fs.check_writable(workdir), "checking the run directory")
+  parallel.check_shared_directory(workdir)
+
+
 def run_pipeline(config, workdir: str | os.PathLike) -> dict:
-  """Runs the configured stages; returns {stage: summary}. Raises ValueError for bad input."""
+  """Runs the configured stages; returns {stage: summary}. Raises ValueError for bad input.
+  With config.rehearse the config runs on synthetic data of its dataset's shape, a few steps per
+  training run, after the real run's plan is printed (pca_jax.rehearsal)."""
   import jax
   from pca_jax import fs, parallel
-  from pca_jax.config import parse_stages, validate
+  from pca_jax.checks import validate
+  from pca_jax.config import parse_stages
   from pca_jax.pca.context import Run, log_main
   from pca_jax.runner import Runner, RunLock
 
   validate(config)
+  plan = None
+  if config.get("rehearse", False):
+    from pca_jax import rehearsal
+    config, *plan = rehearsal.prepare(config)
+    validate(config)
   parallel.maybe_initialize_distributed()  # before anything asks jax which process this is
   writer = jax.process_index() == 0
   workdir = fs.path(workdir)
   existed = workdir.exists()
-  parallel.on_writer(lambda: fs.check_writable(workdir), "checking the run directory")
-  parallel.check_shared_directory(workdir)
+  _check_run_directory(workdir, config)
+  if plan:
+    log_main(plan[1])
   if config.jax_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.fspath(fs.path(config.jax_cache_dir)))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -97,8 +128,12 @@ def run_pipeline(config, workdir: str | os.PathLike) -> dict:
   previous = _preempt_on_sigterm()
   try:
     fs.save_json(run.path("config.json"), config.to_dict())
+    if plan:
+      from pca_jax.rehearsal import write_plan
+      write_plan(workdir, *plan)
     log_main(f"pca_jax: stages {','.join(stages)} -> {workdir}  ({jax.device_count()} "
-             f"{jax.devices()[0].platform} devices, {jax.process_count()} processes)")
+             f"{jax.devices()[0].platform} devices, {jax.process_count()} processes)"
+             + ("  [rehearsal]" if plan else ""))
     return runner.run(stages, force=config.force)
   finally:
     if previous is not None:

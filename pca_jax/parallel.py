@@ -17,9 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from pca_jax.config import MODEL_AXES
-
 DATA_AXIS = "data"
+MODEL_AXES = ("vmap", "loop")   # how models trained together share a step (map_models)
 
 
 def maybe_initialize_distributed() -> None:
@@ -116,6 +115,16 @@ def check_batch_size(global_batch: int, mesh: Mesh, what: str = "batch_size") ->
     raise ValueError(f"{what}={global_batch} is not divisible by the {n_dev} devices; "
                      f"use a multiple of {n_dev}")
   return global_batch // n_proc
+
+
+def forward_batch_size(global_batch: int, mesh: Mesh) -> int:
+  """The per-process batch of a forward pass over a whole split (evaluation, scoring): the global
+  batch rounded up to a multiple of the device count. Its batches are padded and masked, so the
+  rounding changes no result (eval batch 500, ImageNet's 100 batches of 50,000, runs on 8 GPUs
+  as 504); a training batch, whose size is part of the recipe, is checked instead
+  (check_batch_size)."""
+  n_dev = mesh.devices.size
+  return -(-int(global_batch) // n_dev) * n_dev // jax.process_count()
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:

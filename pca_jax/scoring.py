@@ -86,6 +86,17 @@ SCORE_FNS: Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
+def check_score_name(field: str, name: str, score_config) -> None:
+  """A score some stage reads (select.score, benchmark.ccs_score): a SCORES name whose config
+  flag (if any) is on in the score block."""
+  if name not in SCORES:
+    raise ValueError(f"unknown {field} {name!r}; choose one of {tuple(SCORES)}")
+  flag = SCORES[name].requires
+  if flag and not score_config[flag]:
+    raise ValueError(f"{field}={name!r} needs --config.score.{flag}=True (the score stage "
+                     f"computes {name} only then)")
+
+
 def forgetting_counts(correct_history: np.ndarray) -> np.ndarray:
   """Forgetting events per example (Toneva et al.): transitions correct -> incorrect.
 
@@ -188,10 +199,21 @@ def score_dataset(apply_fn: Callable[[Any, jax.Array], jax.Array],
     logits = apply_fn(variables, images)
     return jnp.stack([SCORE_FNS[name](logits, labels) for name in scores])
   step = jax.jit(parallel.map_models(one_model, model_axis, (0, None, None)))  # [K, S, B]
-
-  out = np.full((len(scores), len(variables_list), num_examples), np.nan, np.float32)
-  seen = np.zeros(num_examples, bool)
   stacked = parallel.replicate(parallel.stack_trees(variables_list), mesh)
+  out = np.full((len(scores), len(variables_list), num_examples), np.nan, np.float32)
+  seen = _stream_scores(lambda x, y: step(stacked, x, y), _as_batches(data, labels, batch_size),
+                        out, mesh, progress)
+  result = {name: out[i] for i, name in enumerate(scores)}
+  result["seen"] = seen
+  return result
+
+
+def _stream_scores(step: Callable, batches: Iterable[dict], out: np.ndarray, mesh,
+                   progress: Callable[[int], None] | None) -> np.ndarray:
+  """Runs step(images, labels) -> [K, S, B] over the batches and writes out[:, :, index]
+  ([S, K, N]); a batch's results are read only after the next batch has been dispatched.
+  Returns seen [N] bool. Raises if a batch repeats an example (the data is not a partition)."""
+  seen = np.zeros(out.shape[-1], bool)
 
   def store(vals, index, mask, count):
     vals = parallel.to_host(vals)  # [K, S, B]; waits for this batch only
@@ -200,15 +222,15 @@ def score_dataset(apply_fn: Callable[[Any, jax.Array], jax.Array],
       progress(count)
 
   pending = None
-  for batch, (g_images, g_labels) in parallel.prefetch_to_device(
-      _as_batches(data, labels, batch_size), mesh, ("image", "label")):
+  for batch, (g_images, g_labels) in parallel.prefetch_to_device(batches, mesh,
+                                                                 ("image", "label")):
     mask = np.asarray(batch.get("mask", np.ones(len(batch["label"]), bool)))
     all_index = parallel.gather_host_local(np.asarray(batch["index"]))
     all_mask = parallel.gather_host_local(mask)
     if np.any(seen[all_index[all_mask]]):
       raise ValueError("a batch repeated an example index: the data iterator is not a partition")
     seen[all_index[all_mask]] = True
-    vals = step(stacked, g_images, g_labels)
+    vals = step(g_images, g_labels)
     if jax.process_count() == 1:
       vals.copy_to_host_async()
     if pending is not None:
@@ -216,9 +238,7 @@ def score_dataset(apply_fn: Callable[[Any, jax.Array], jax.Array],
     pending = (vals, all_index, all_mask, int(mask.sum()))
   if pending is not None:
     store(*pending)
-  result = {name: out[i] for i, name in enumerate(scores)}
-  result["seen"] = seen
-  return result
+  return seen
 
 
 def el2n_scores(apply_fn: Callable[[Any, jax.Array], jax.Array],

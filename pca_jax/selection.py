@@ -15,6 +15,17 @@ import numpy as np
 MODES = ("easy", "hard", "random", "ccs")
 ORDERS = ("easy", "random")      # inside a difficulty window: easiest first, or uniformly at random
 FULL_WINDOW = (0.0, 1.0)
+TIE_TAG = 0x7469  # folded into the selection key for the draw that breaks ties in score
+
+
+def tie_breaks(key: jax.Array | None, n: int) -> np.ndarray:
+  """[n] float64: the secondary sort key of a ranking by score. With a key, a seeded uniform
+  draw (integer scores such as forgetting counts tie massively; ranking ties by dataset index
+  would pick by file order); without one, the index itself (deterministic, for callers that
+  pass no key)."""
+  if key is None:
+    return np.arange(n, dtype=np.float64)
+  return np.asarray(jax.random.uniform(jax.random.fold_in(key, TIE_TAG), (n,)), np.float64)
 
 
 def check_window(window, field: str = "window") -> tuple[float, float]:
@@ -29,6 +40,39 @@ def check_window(window, field: str = "window") -> tuple[float, float]:
                      "is not a window of the easiest-first ranking; use (lo, hi) with "
                      "0 <= lo < hi <= 1, e.g. (0.0, 0.5) for the easiest half")
   return lo, hi
+
+
+def check_ccs_fields(block: str, beta, strata) -> None:
+  """CCS parameters of a config block: the hard cutoff beta in [0, 1) and the number of strata
+  (an int >= 1)."""
+  from pca_jax.config import is_int, is_number
+  if not is_number(beta) or not 0 <= beta < 1:
+    raise ValueError(f"{block}.ccs_beta must be a fraction in [0, 1) (the hardest part of each "
+                     f"class dropped before stratifying), got {beta!r}")
+  if not is_int(strata) or strata < 1:
+    raise ValueError(f"{block}.ccs_strata must be a positive integer, got {strata!r}")
+
+
+def check_select_block(config) -> None:
+  """The select block: mode, budget, the score it ranks by, CCS, window and order."""
+  from pca_jax.config import check_choice, check_positive_int
+  from pca_jax.scoring import check_score_name
+  select = config.select
+  check_choice("select.mode", select.mode, MODES)
+  check_positive_int("select.ipc", select.ipc)
+  if select.score:
+    check_score_name("select.score", select.score, config.score)
+    if config.score.scores_path and select.mode != "random":
+      raise ValueError(f"select.score={select.score!r} reads the score stage's own scores, but "
+                       "score.scores_path is set; leave select.score empty to select by the "
+                       "precomputed scores")
+  check_ccs_fields("select", select.ccs_beta, select.ccs_strata)
+  window = check_window(select.window, "select.window")
+  check_choice("select.order", select.order, ORDERS)
+  if select.mode != "easy" and (window != FULL_WINDOW or select.order != "easy"):
+    raise ValueError(f"select.window={window} / select.order={select.order!r} refine "
+                     f"select.mode='easy' (the easiest-first ranking); with "
+                     f"select.mode={select.mode!r} leave them at (0.0, 1.0) and 'easy'")
 
 
 def window_mask(n: int, window) -> np.ndarray:
@@ -113,7 +157,8 @@ def select_per_class(scores: np.ndarray | None,
     mode: "easy" = lowest scores first (reversed EL2N, the PCA default); "hard" = highest first
       (classic EL2N pruning); "random" = uniform without replacement using `key`; "ccs" =
       coverage-centric coreset selection within each class (`ccs_per_class`, using `key`).
-    key: jax PRNG key, required for "random" and "ccs".
+    key: jax PRNG key, required for "random" and "ccs"; in "easy" / "hard" it breaks ties in
+      score (tie_breaks; without a key ties go to the smaller index).
     num_classes: if given, every class 0..num_classes-1 must be present.
     ccs_beta, ccs_strata: "ccs" only, see `ccs_per_class` (beta, strata).
     window: "easy" only: (lo, hi), the band of every class's easiest-first ranking to select
@@ -127,17 +172,10 @@ def select_per_class(scores: np.ndarray | None,
   Returns:
     [num_classes * ipc] int64 indices into the dataset, ordered by (class, rank): the first ipc
     belong to the smallest class id, easiest (or hardest / random order) first. Ties in score are
-    broken by the smaller index. order="random" keeps the order of the random draw.
+    broken by a seeded draw from `key` (by the smaller index without one). order="random" keeps
+    the order of the random draw.
   """
-  if mode not in MODES:
-    raise ValueError(f"unknown selection mode {mode!r}; choose one of {MODES}")
-  window = check_window(window)
-  if order not in ORDERS:
-    raise ValueError(f"unknown selection order {order!r}; choose one of {ORDERS}")
-  if mode != "easy" and (window != FULL_WINDOW or order != "easy"):
-    raise ValueError(f"select window {window} / order {order!r} refine mode 'easy' (the "
-                     f"easiest-first ranking); mode={mode!r} takes neither: leave window=(0.0, "
-                     "1.0) and order='easy', or use mode='easy'")
+  window = _check_mode(mode, window, order)
   if mode == "ccs":
     return ccs_per_class(scores, labels, ipc, key, beta=ccs_beta, strata=ccs_strata,
                          num_classes=num_classes)
@@ -150,22 +188,41 @@ def select_per_class(scores: np.ndarray | None,
   else:
     scores = _check_scores(scores, labels, mode)
   draw = np.asarray(jax.random.uniform(key, (labels.shape[0],))) if order == "random" else None
-  classes = _classes(labels, ipc, num_classes)
   key_scores = -scores if mode == "hard" else scores
-  chosen = []
-  for c in classes:
-    idx = np.flatnonzero(labels == c)
-    ranked = idx[np.lexsort((idx, key_scores[idx]))]  # primary: score, secondary: index
-    if window != FULL_WINDOW:
-      ranked = ranked[window_mask(len(ranked), window)]
-      if len(ranked) < ipc:
-        raise ValueError(f"class {int(c)} has only {len(ranked)} of its {len(idx)} examples in "
-                         f"the window {window} but ipc={ipc} were requested; widen the window "
-                         "or lower ipc")
-    if draw is not None:
-      ranked = ranked[np.argsort(draw[ranked], kind="stable")]
-    chosen.append(ranked[:ipc])
-  return np.concatenate(chosen).astype(np.int64)
+  ties = tie_breaks(key, labels.shape[0])
+  return np.concatenate([_rank_class(int(c), np.flatnonzero(labels == c), key_scores, ties, ipc,
+                                     window, draw)
+                         for c in _classes(labels, ipc, num_classes)]).astype(np.int64)
+
+
+def _check_mode(mode: str, window, order: str) -> tuple[float, float]:
+  """The mode, window and order of select_per_class, checked; returns the window as floats."""
+  if mode not in MODES:
+    raise ValueError(f"unknown selection mode {mode!r}; choose one of {MODES}")
+  window = check_window(window)
+  if order not in ORDERS:
+    raise ValueError(f"unknown selection order {order!r}; choose one of {ORDERS}")
+  if mode != "easy" and (window != FULL_WINDOW or order != "easy"):
+    raise ValueError(f"select window {window} / order {order!r} refine mode 'easy' (the "
+                     f"easiest-first ranking); mode={mode!r} takes neither: leave window=(0.0, "
+                     "1.0) and order='easy', or use mode='easy'")
+  return window
+
+
+def _rank_class(c: int, idx: np.ndarray, key_scores: np.ndarray, ties: np.ndarray, ipc: int,
+                window, draw: np.ndarray | None) -> np.ndarray:
+  """The ipc examples of class c (dataset indices idx) that select_per_class keeps: ranked by
+  key_scores (ties by `ties`), cut to the window, in the random order of `draw` if given."""
+  ranked = idx[np.lexsort((ties[idx], key_scores[idx]))]  # primary: score, secondary: ties
+  if window != FULL_WINDOW:
+    ranked = ranked[window_mask(len(ranked), window)]
+    if len(ranked) < ipc:
+      raise ValueError(f"class {c} has only {len(ranked)} of its {len(idx)} examples in the "
+                       f"window {window} but ipc={ipc} were requested; widen the window or lower "
+                       "ipc")
+  if draw is not None:
+    ranked = ranked[np.argsort(draw[ranked], kind="stable")]
+  return ranked[:ipc]
 
 
 def held_out_counts(counts: np.ndarray, fraction: float) -> np.ndarray:
@@ -208,6 +265,18 @@ def select_from_pool(pool: np.ndarray | None, scores: np.ndarray | None, labels:
   sub = select_per_class(None if scores is None else np.asarray(scores)[pool],
                          np.asarray(labels)[pool], ipc, mode, key, num_classes, **kwargs)
   return pool[sub]
+
+
+def select_by_block(select, scores: np.ndarray | None, labels: np.ndarray, per_class: int,
+                    key: jax.Array, num_classes: int, pool: np.ndarray | None = None) -> np.ndarray:
+  """The select stage's selection under a config's select block (mode, window, order, CCS
+  settings) among the examples `pool` (None: all): [num_classes * per_class] source indices by
+  class. The tune stage's candidates call it too, so the chosen candidate's set is the select
+  stage's."""
+  return select_from_pool(pool, scores, labels, per_class, select.mode, key=key,
+                          num_classes=num_classes, ccs_beta=select.ccs_beta,
+                          ccs_strata=select.ccs_strata,
+                          window=tuple(float(w) for w in select.window), order=select.order)
 
 
 # ------------------------------------------------------------------------------------------- CCS
@@ -270,7 +339,11 @@ def ccs_per_class(scores: np.ndarray,
   the score range of the rest into `strata` equal-width bins (`ccs_strata`), gives each bin a
   budget with `ccs_budgets` (small bins whole, the rest evenly) and draws each bin's budget
   uniformly at random. Class-balanced, unlike the original (which samples the whole dataset at
-  once), because pca_jax compares methods at a fixed number of images per class.
+  once), because pca_jax compares methods at a fixed number of images per class. The hard cutoff
+  drops by the same `scores` the strata are drawn from; the original always drops by AUM
+  (its `mis_key`, accumulated margin) whatever score it stratifies. The two agree at the
+  benchmark's default (benchmark.ccs_score = "aum"); with another score this cutoff follows that
+  score.
 
   Exact counts: when the kept part of a class has fewer than per_class examples, all of it is
   taken and the rest comes from the dropped part, easiest first; if the budgets ever left room
@@ -288,7 +361,7 @@ def ccs_per_class(scores: np.ndarray,
 
   Returns:
     [num_classes * per_class] int64 dataset indices ordered by class, and within a class by score
-    (easiest first, ties by index), like `select_per_class`.
+    (easiest first, ties by a seeded draw: `tie_breaks`), like `select_per_class`.
   """
   labels = _check_labels(labels, per_class)
   scores = _check_scores(scores, labels, "ccs")
@@ -298,28 +371,32 @@ def ccs_per_class(scores: np.ndarray,
     raise ValueError(f"ccs beta must be a fraction in [0, 1), got {beta!r}")
   if isinstance(strata, bool) or not isinstance(strata, (int, np.integer)) or strata < 1:
     raise ValueError(f"ccs strata must be a positive integer, got {strata!r}")
-  classes = _classes(labels, per_class, num_classes)
-  chosen = []
-  for c in classes:
-    idx = np.flatnonzero(labels == c)
-    idx = idx[np.lexsort((idx, scores[idx]))]  # easiest first, ties by index
-    keep = idx[:idx.size - int(beta * idx.size)]  # the hard cutoff
-    if keep.size <= per_class:
-      picked = idx[:per_class]  # all kept, then the dropped ones easiest first
-    else:
-      # drawn at the next power of two: one compiled shape for many class sizes (ImageNet)
-      draw = 1 << (keep.size - 1).bit_length()
-      u = np.asarray(jax.random.uniform(jax.random.fold_in(key, int(c)), (draw,)))[:keep.size]
-      bins = ccs_strata(scores[keep], strata)
-      budgets = ccs_budgets(np.bincount(bins, minlength=strata), per_class)
-      take = np.zeros(keep.size, bool)
-      for k in np.flatnonzero(budgets):
-        members = np.flatnonzero(bins == k)
-        take[members[np.argsort(u[members], kind="stable")[:budgets[k]]]] = True
-      short = per_class - int(take.sum())
-      if short > 0:  # budgets that left room: the kept examples not chosen, at random
-        rest = np.flatnonzero(~take)
-        take[rest[np.argsort(u[rest], kind="stable")[:short]]] = True
-      picked = keep[take]  # keep is in score order, so picked is too
-    chosen.append(picked)
+  ties = tie_breaks(key, labels.shape[0])
+  chosen = [_ccs_class(np.flatnonzero(labels == c), scores, ties, per_class,
+                       jax.random.fold_in(key, int(c)), beta, strata)
+            for c in _classes(labels, per_class, num_classes)]
   return np.concatenate(chosen).astype(np.int64)
+
+
+def _ccs_class(idx: np.ndarray, scores: np.ndarray, ties: np.ndarray, per_class: int,
+               key: jax.Array, beta: float, strata: int) -> np.ndarray:
+  """CCS inside one class (dataset indices idx): see ccs_per_class. Returns per_class indices,
+  easiest first."""
+  idx = idx[np.lexsort((ties[idx], scores[idx]))]  # easiest first, ties by the seeded draw
+  keep = idx[:idx.size - int(beta * idx.size)]  # the hard cutoff
+  if keep.size <= per_class:
+    return idx[:per_class]  # all kept, then the dropped ones easiest first
+  # drawn at the next power of two: one compiled shape for many class sizes (ImageNet)
+  draw = 1 << (keep.size - 1).bit_length()
+  u = np.asarray(jax.random.uniform(key, (draw,)))[:keep.size]
+  bins = ccs_strata(scores[keep], strata)
+  budgets = ccs_budgets(np.bincount(bins, minlength=strata), per_class)
+  take = np.zeros(keep.size, bool)
+  for k in np.flatnonzero(budgets):
+    members = np.flatnonzero(bins == k)
+    take[members[np.argsort(u[members], kind="stable")[:budgets[k]]]] = True
+  short = per_class - int(take.sum())
+  if short > 0:  # budgets that left room: the kept examples not chosen, at random
+    rest = np.flatnonzero(~take)
+    take[rest[np.argsort(u[rest], kind="stable")[:short]]] = True
+  return keep[take]  # keep is in score order, so the chosen ones are too

@@ -115,26 +115,26 @@ def paired_rates(fn_ref, fn_new, n_per_step: int, steps: int, rounds: int, warmu
           "ratio_max": max(ratios)}
 
 
-def _train_config():
+def _train_config(opts):
   from pca_jax.config import default_train_config
-  cfg = default_train_config()
-  cfg.update(dict(epochs=10, batch_size=FLAGS.batch, crop="patch", grid=(2, 2),
-                  image_size=FLAGS.size))
+  cfg = default_train_config(opts)
+  cfg.update(dict(epochs=10, batch_size=opts.batch, crop="patch", grid=(2, 2),
+                  image_size=opts.size))
   return cfg
 
 
-def _model_and_state(num_classes=1000):
+def _model_and_state(opts, num_classes=1000):
   import jax
   from pca_jax.models.resnet import create_model
   from pca_jax.training import steps
-  stem = FLAGS.stem or ("small" if FLAGS.size < 64 else "imagenet")
-  model = create_model(FLAGS.model, num_classes, FLAGS.width, stem, FLAGS.dtype)
-  tx, _ = steps.make_optimizer(_train_config(), 100)
-  state = steps.create_train_state(model, tx, jax.random.key(0), (FLAGS.size, FLAGS.size, 3))
+  stem = opts.stem or ("small" if opts.size < 64 else "imagenet")
+  model = create_model(opts.model, num_classes, opts.width, stem, opts.dtype)
+  tx, _ = steps.make_optimizer(_train_config(opts), 100)
+  state = steps.create_train_state(model, tx, jax.random.key(0), (opts.size, opts.size, 3))
   return model, state, stem
 
 
-def _train_step_fn():
+def _train_step_fn(opts):
   """(step callable, stem): the train step on an in-memory set with on-device patch crops, the
   trainer's own feed and step (pca_jax.training)."""
   import numpy as np
@@ -142,17 +142,18 @@ def _train_step_fn():
   from pca_jax.training import steps
   from pca_jax.training.feeds import InMemoryData, MemoryFeed
   mesh = parallel.make_mesh()
-  _, state, stem = _model_and_state()
+  _, state, stem = _model_and_state(opts)
   state = parallel.replicate(state, mesh)
-  m = max(FLAGS.batch * 4, 256)
-  data = InMemoryData(np.random.default_rng(0).integers(0, 256, (m, FLAGS.size, FLAGS.size, 3),
+  m = max(opts.batch * 4, 256)
+  data = InMemoryData(np.random.default_rng(0).integers(0, 256, (m, opts.size, opts.size, 3),
                                                         dtype=np.uint8),
                       np.arange(m, dtype=np.int32) % 1000, 1000)
-  cfg = _train_config()
+  cfg = _train_config(opts)
   feed = MemoryFeed(data, cfg, mesh)
   feed.open(0)
-  aug = augment.make_train_augment("patch", (FLAGS.size, FLAGS.size), (2, 2))
-  step = steps.make_train_step(aug, steps.LossSpec(1000), rng.stream_key(0, "augment"), mesh,
+  aug = augment.make_train_augment("patch", (opts.size, opts.size), (2, 2))
+  step = steps.make_train_step(aug, steps.LossSpec(1000, weighted_batch_stats=feed.pads),
+                               rng.stream_key(0, "augment"), mesh,
                                feed.gather)
   box = {"state": state, "step": 0}
 
@@ -163,45 +164,45 @@ def _train_step_fn():
   return one, stem
 
 
-def bench_train():
+def bench_train(opts):
   """Train step on an in-memory set with on-device patch-constrained crops (the PCA hot path)."""
-  one, stem = _train_step_fn()
-  return {"stem": stem, **_rates(one, FLAGS.batch, FLAGS.steps, FLAGS.warmup)}
+  one, stem = _train_step_fn(opts)
+  return {"stem": stem, **_rates(one, opts.batch, opts.steps, opts.warmup)}
 
 
-def bench_score():
+def bench_score(opts):
   """EL2N scoring forward pass (eval mode)."""
   import jax
   import numpy as np
   from pca_jax import augment, parallel, scoring
   mesh = parallel.make_mesh()
-  model, state, stem = _model_and_state()
+  model, state, stem = _model_and_state(opts)
   variables = parallel.replicate({"params": state.params, "batch_stats": state.batch_stats}, mesh)
-  x, y = parallel.shard_batch((np.zeros((FLAGS.batch, FLAGS.size, FLAGS.size, 3), np.uint8),
-                               np.zeros(FLAGS.batch, np.int32)), mesh)
+  x, y = parallel.shard_batch((np.zeros((opts.batch, opts.size, opts.size, 3), np.uint8),
+                               np.zeros(opts.batch, np.int32)), mesh)
   fwd = jax.jit(lambda v, x, y: scoring.el2n(model.apply(v, augment.normalize(x), train=False), y))
-  return {"stem": stem, **_rates(lambda: fwd(variables, x, y), FLAGS.batch, FLAGS.steps,
-                                 FLAGS.warmup)}
+  return {"stem": stem, **_rates(lambda: fwd(variables, x, y), opts.batch, opts.steps,
+                                 opts.warmup)}
 
 
-def bench_augment():
+def bench_augment(opts):
   """patch_constrained_crop + flip + normalize alone, on device."""
   import jax
   import numpy as np
   from pca_jax import augment
-  aug = jax.jit(augment.make_train_augment("patch", (FLAGS.size, FLAGS.size), (2, 2)))
-  x = jax.device_put(np.zeros((FLAGS.batch, FLAGS.size, FLAGS.size, 3), np.uint8))
+  aug = jax.jit(augment.make_train_augment("patch", (opts.size, opts.size), (2, 2)))
+  x = jax.device_put(np.zeros((opts.batch, opts.size, opts.size, 3), np.uint8))
   keys = iter(range(10 ** 9))
-  return _rates(lambda: aug(jax.random.key(next(keys)), x), FLAGS.batch, FLAGS.steps,
-                FLAGS.warmup)
+  return _rates(lambda: aug(jax.random.key(next(keys)), x), opts.batch, opts.steps,
+                opts.warmup)
 
 
-def _imagefolder(n: int, size: int) -> Path:
+def _imagefolder(n: int, size: int, data_dir: str = "") -> Path:
   """An ImageFolder of n upsampled-noise JPEGs (10 classes), cached under the temp dir: the
   scoring_memory bench's data (its peak RSS does not depend on the pixels)."""
   import numpy as np
   from PIL import Image
-  root = Path(FLAGS.data_dir or Path(tempfile.gettempdir()) / f"pca_jax_bench_{n}_{size}")
+  root = Path(data_dir or Path(tempfile.gettempdir()) / f"pca_jax_bench_{n}_{size}")
   done = root / ".complete"
   if done.exists():
     return root
@@ -235,7 +236,7 @@ def _photo_crop(photo, rng, out_hw: tuple[int, int]):
   return np.asarray(crop)[:, ::-1] if rng.random() < 0.5 else np.asarray(crop)
 
 
-def _photo_folder(n: int) -> Path:
+def _photo_folder(n: int, data_dir: str = "") -> Path:
   """An ImageFolder of n photographic JPEGs (10 classes), cached under the temp dir.
 
   Random crops (_photo_crop) of the two photographs scikit-learn ships (china.jpg, flower.jpg,
@@ -246,7 +247,7 @@ def _photo_folder(n: int) -> Path:
   import numpy as np
   from PIL import Image
   from sklearn.datasets import load_sample_images
-  root = Path(FLAGS.data_dir or Path(tempfile.gettempdir()) /
+  root = Path(data_dir or Path(tempfile.gettempdir()) /
               f"pca_jax_bench_photos_v{PHOTO_FOLDER_VERSION}_{n}")
   done = root / ".complete"
   if done.exists():
@@ -281,7 +282,7 @@ def _bare_loop(files, size: int) -> dict:
   return {"img_per_s": len(files) / (time.perf_counter() - t), "images": len(files)}
 
 
-def bench_pipeline():
+def bench_pipeline(opts):
   """Host side on photo JPEGs (_photo_folder): Grain's ordered_batches (--threads reader threads,
   DCT-scaled decoding, at most --prefetch_mb MiB of decoded images read ahead) against a
   one-thread loop over the same files (_bare_loop). Reports img/s, img/s per core (of
@@ -289,22 +290,22 @@ def bench_pipeline():
   the decodes counted by pipeline.images_decoded, and the process's peak RSS (VmHWM)."""
   from pca_jax.data import pipeline
   from pca_jax.data.sources import ImageFolderSource
-  src = ImageFolderSource(_photo_folder(FLAGS.n_images))
+  src = ImageFolderSource(_photo_folder(opts.n_images, opts.data_dir))
   for f in src.files:  # the files in the page cache for both timings
     f.read_bytes()
-  bare = _bare_loop(src.files, FLAGS.size)
-  buffer, threads = pipeline.read_ahead(pipeline.image_batch_bytes(1, FLAGS.size),
-                                        FLAGS.prefetch_mb, FLAGS.threads)
+  bare = _bare_loop(src.files, opts.size)
+  buffer, threads = pipeline.read_ahead(pipeline.image_batch_bytes(1, opts.size),
+                                        opts.prefetch_mb, opts.threads)
   rss_before = _rss_mib()
   decoded_before = pipeline.images_decoded()
   t, cpu = time.perf_counter(), time.process_time()
   n = batches = 0
-  for b in pipeline.ordered_batches(src, FLAGS.batch, FLAGS.size, PIPELINE_CROP_FRACTION,
-                                    num_threads=FLAGS.threads, prefetch_mb=FLAGS.prefetch_mb):
+  for b in pipeline.ordered_batches(src, opts.batch, opts.size, PIPELINE_CROP_FRACTION,
+                                    num_threads=opts.threads, prefetch_mb=opts.prefetch_mb):
     n += int(b["mask"].sum())
     batches += 1
-    if FLAGS.consume_ms > 0:
-      time.sleep(FLAGS.consume_ms / 1000)
+    if opts.consume_ms > 0:
+      time.sleep(opts.consume_ms / 1000)
   dt, cpu = time.perf_counter() - t, time.process_time() - cpu
   cores = os.cpu_count() or 1
   per_core = n / dt / cores
@@ -312,8 +313,8 @@ def bench_pipeline():
           "bare_loop_img_per_s": bare["img_per_s"], "per_core_over_bare": per_core /
           bare["img_per_s"], "images": n, "batches": batches,
           "images_decoded": pipeline.images_decoded() - decoded_before, "threads": threads,
-          "prefetch_mb": FLAGS.prefetch_mb, "prefetch_images": buffer,
-          "consume_ms": FLAGS.consume_ms, "cpus": cores, "rss_before_mib": rss_before,
+          "prefetch_mb": opts.prefetch_mb, "prefetch_images": buffer,
+          "consume_ms": opts.consume_ms, "cpus": cores, "rss_before_mib": rss_before,
           "peak_rss_process_mib": _peak_rss_mib()}
 
 
@@ -328,7 +329,7 @@ def _decoders(min_side: int) -> dict:
   return decoders
 
 
-def bench_decode():
+def bench_decode(opts):
   """JPEG decoding alone, one thread, on the photo JPEGs (_photo_folder, bytes in memory) for
   --size (the eval transform's shorter side, size / 0.875, as min_side): PIL at full size, PIL's
   Image.draft and simplejpeg (libjpeg-turbo) at the DCT scale sources.dct_scale picks (1/2 for
@@ -336,9 +337,9 @@ def bench_decode():
   resize to the eval crop (sources._resize_reduced where reduced, then fit_image), and the mean
   decoded shorter side."""
   from pca_jax.data import pipeline, sources
-  files = sorted(_photo_folder(FLAGS.n_images).rglob("*.jpg"))
+  files = sorted(_photo_folder(opts.n_images, opts.data_dir).rglob("*.jpg"))
   datas = [f.read_bytes() for f in files]
-  min_side = pipeline.resize_side(FLAGS.size, PIPELINE_CROP_FRACTION)
+  min_side = pipeline.resize_side(opts.size, PIPELINE_CROP_FRACTION)
   out = {"min_side": min_side, "images": len(datas)}
   for name, decode in _decoders(min_side).items():
     t = time.perf_counter()
@@ -349,7 +350,7 @@ def bench_decode():
       image, scale, (height, width) = decode(d)
       if scale > 1:
         image = sources._resize_reduced(image, scale, height, width, min_side)
-      pipeline.fit_image(image, FLAGS.size, PIPELINE_CROP_FRACTION)
+      pipeline.fit_image(image, opts.size, PIPELINE_CROP_FRACTION)
     out[name] = {"img_per_s": len(datas) / dt,
                  "with_fit_img_per_s": len(datas) / (time.perf_counter() - t),
                  "decoded_short_side": statistics.mean(sides)}
@@ -389,7 +390,7 @@ def _decode_rate_one_core(files, size: int, min_side: int) -> float:
   return len(files) / (time.perf_counter() - t)
 
 
-def bench_score_stage():
+def bench_score_stage(opts):
   """The score stage as a whole on the photo JPEGs (_photo_folder): --models models trained for
   --epochs at --size (together or one after another), then the scoring pass, through the runner
   (pca_jax.main.run_pipeline). Reports images decoded and their rate, model-images per second, and
@@ -398,41 +399,41 @@ def bench_score_stage():
   from pca_jax.config import base_config
   from pca_jax.data import pipeline
   from pca_jax.main import run_pipeline
-  root = _photo_folder(FLAGS.n_images)
+  root = _photo_folder(opts.n_images, opts.data_dir)
   c = base_config()
   c.stages, c.jax_cache_dir = "score", ""
   c.data.update(dict(source="imagefolder", data_dir=str(root.parent), train_split=root.name,
-                     image_size=FLAGS.size, num_threads=FLAGS.threads))
-  c.model.update(dict(name=FLAGS.model, width=FLAGS.width, dtype=FLAGS.dtype,
-                      stem=FLAGS.stem or ("small" if FLAGS.size < 64 else "imagenet")))
-  c.score.update(dict(num_models=FLAGS.models, together=FLAGS.together, batch_size=FLAGS.batch))
-  c.score.train.update(dict(epochs=FLAGS.epochs, batch_size=FLAGS.batch, warmup_epochs=0,
-                            log_every_steps=10 ** 6, num_threads=FLAGS.threads))
+                     image_size=opts.size, num_threads=opts.threads))
+  c.model.update(dict(name=opts.model, width=opts.width, dtype=opts.dtype,
+                      stem=opts.stem or ("small" if opts.size < 64 else "imagenet")))
+  c.score.update(dict(num_models=opts.models, together=opts.together, batch_size=opts.batch))
+  c.score.train.update(dict(epochs=opts.epochs, batch_size=opts.batch, warmup_epochs=0,
+                            log_every_steps=10 ** 6, num_threads=opts.threads))
   with tempfile.TemporaryDirectory() as workdir:
     t = time.perf_counter()
     summary = run_pipeline(c, workdir)["score"]
     wall = time.perf_counter() - t
-  trained = summary["images_decoded_training"] * (FLAGS.models if FLAGS.together else 1)
+  trained = summary["images_decoded_training"] * (opts.models if opts.together else 1)
   files = sorted(root.rglob("*.jpg"))[:200]
-  scaled = _decode_rate_one_core(files, FLAGS.size, pipeline.resize_side(FLAGS.size,
+  scaled = _decode_rate_one_core(files, opts.size, pipeline.resize_side(opts.size,
                                                                          PIPELINE_CROP_FRACTION))
-  full = _decode_rate_one_core(files, FLAGS.size, 0)
-  device = FLAGS.device_img_per_s * (224 / FLAGS.size) ** 2
+  full = _decode_rate_one_core(files, opts.size, 0)
+  device = opts.device_img_per_s * (224 / opts.size) ** 2
   # one after another, the host takes random-resized crops of fully decoded images
-  projection = {mode: project_score_stage(IMAGENET_TRAIN_IMAGES, FLAGS.imagenet_epochs,
-                                          FLAGS.models, mode == "together",
+  projection = {mode: project_score_stage(IMAGENET_TRAIN_IMAGES, opts.imagenet_epochs,
+                                          opts.models, mode == "together",
                                           (scaled if mode == "together" else full) *
-                                          FLAGS.host_cores, device)
+                                          opts.host_cores, device)
                 for mode in ("together", "separate")}
   return {"img_per_s": summary["images_decoded"] / wall, "images_decoded": summary["images_decoded"],
           "images_decoded_training": summary["images_decoded_training"],
           "model_images_trained": trained, "train_wall_s": summary["train_wall_s"],
           "score_wall_s": summary["score_wall_s"], "stage_wall_s": wall,
           "model_img_per_s_training": trained / summary["train_wall_s"],
-          "together": FLAGS.together, "models": FLAGS.models,
+          "together": opts.together, "models": opts.models,
           "decode_one_core_img_per_s": scaled, "decode_one_core_full_img_per_s": full,
-          "projection": {"images": IMAGENET_TRAIN_IMAGES, "epochs": FLAGS.imagenet_epochs,
-                         "host_cores": FLAGS.host_cores, "device_train_img_per_s": device,
+          "projection": {"images": IMAGENET_TRAIN_IMAGES, "epochs": opts.imagenet_epochs,
+                         "host_cores": opts.host_cores, "device_train_img_per_s": device,
                          **projection}}
 
 
@@ -458,17 +459,17 @@ def _peak_rss_mib() -> float:
   return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_scoring_memory():
+def bench_scoring_memory(opts):
   """Peak host RSS while streaming EL2N over an ImageFolder (the full-dataset scoring path)."""
   import jax
   from pca_jax import augment, parallel, scoring
   from pca_jax.data import pipeline
   from pca_jax.data.sources import ImageFolderSource
   from pca_jax.models.resnet import create_model
-  root = _imagefolder(FLAGS.n_images, FLAGS.size)
+  root = _imagefolder(opts.n_images, opts.size, opts.data_dir)
   src = ImageFolderSource(root)
   model = create_model("resnet18", src.num_classes, 4, "small")  # narrow: memory, not FLOPs
-  v = jax.jit(lambda k: model.init(k, jax.numpy.zeros((1, FLAGS.size, FLAGS.size, 3)),
+  v = jax.jit(lambda k: model.init(k, jax.numpy.zeros((1, opts.size, opts.size, 3)),
                                    train=False))(jax.random.key(0))
   rss_before = _rss_mib()
   peak = [rss_before]
@@ -476,14 +477,14 @@ def bench_scoring_memory():
   def progress(count):
     peak[0] = max(peak[0], _rss_mib())
   t = time.perf_counter()
-  batches = pipeline.ordered_batches(src, FLAGS.batch, FLAGS.size, num_threads=8,
-                                     prefetch_mb=FLAGS.prefetch_mb)
+  batches = pipeline.ordered_batches(src, opts.batch, opts.size, num_threads=8,
+                                     prefetch_mb=opts.prefetch_mb)
   out = scoring.score_dataset(lambda v, x: model.apply(v, augment.normalize(x), train=False), [v],
-                              batches, num_examples=len(src), batch_size=FLAGS.batch,
+                              batches, num_examples=len(src), batch_size=opts.batch,
                               mesh=parallel.make_mesh(), progress=progress)
   dt = time.perf_counter() - t
   ru_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  return {"images": len(src), "size": FLAGS.size, "scored": int(out["seen"].sum()),
+  return {"images": len(src), "size": opts.size, "scored": int(out["seen"].sum()),
           "rss_before_mib": rss_before, "peak_rss_sampled_mib": peak[0],
           "peak_rss_process_mib": ru_peak, "img_per_s": len(src) / dt,
           "under_2gib": ru_peak < 2048}
@@ -523,7 +524,7 @@ def _torch_resnet18(num_classes: int, small_stem: bool, width: int):
                        nn.Linear(cin, num_classes))
 
 
-def _torch_step_fn():
+def _torch_step_fn(opts):
   """(step callable, info): the same ResNet-18 train step in PyTorch (AdamW, CE)."""
   try:
     import torch
@@ -531,12 +532,12 @@ def _torch_step_fn():
     raise app.UsageError("--what=torch needs PyTorch: pip install -r requirements-bench.txt")
   threads = os.cpu_count() or 1
   torch.set_num_threads(threads)
-  stem = FLAGS.stem or ("small" if FLAGS.size < 64 else "imagenet")
-  model = _torch_resnet18(1000, stem == "small", FLAGS.width)
+  stem = opts.stem or ("small" if opts.size < 64 else "imagenet")
+  model = _torch_resnet18(1000, stem == "small", opts.width)
   params = sum(p.numel() for p in model.parameters())
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-  x = torch.randn(FLAGS.batch, 3, FLAGS.size, FLAGS.size)
-  y = torch.randint(0, 1000, (FLAGS.batch,))
+  x = torch.randn(opts.batch, 3, opts.size, opts.size)
+  y = torch.randint(0, 1000, (opts.batch,))
   loss_fn = torch.nn.CrossEntropyLoss()
 
   def one():
@@ -549,17 +550,17 @@ def _torch_step_fn():
                "note": "no augmentation in the torch step (inputs prepared once)"}
 
 
-def bench_torch():
+def bench_torch(opts):
   """The same ResNet-18 train step in PyTorch (AdamW, CE), same batch/resolution/threads."""
-  one, info = _torch_step_fn()
-  return {**_rates(one, FLAGS.batch, FLAGS.steps, FLAGS.warmup), **info}
+  one, info = _torch_step_fn(opts)
+  return {**_rates(one, opts.batch, opts.steps, opts.warmup), **info}
 
 
-def bench_paired():
+def bench_paired(opts):
   """JAX and PyTorch train steps timed in alternating blocks (--rounds), see paired_rates."""
-  torch_one, info = _torch_step_fn()
-  jax_one, stem = _train_step_fn()
-  p = paired_rates(torch_one, jax_one, FLAGS.batch, FLAGS.steps, FLAGS.rounds, FLAGS.warmup)
+  torch_one, info = _torch_step_fn(opts)
+  jax_one, stem = _train_step_fn(opts)
+  p = paired_rates(torch_one, jax_one, opts.batch, opts.steps, opts.rounds, opts.warmup)
   return {"torch": {**p["ref"], **info}, "train": {**p["new"], "stem": stem},
           "paired": {k: p[k] for k in ("ratios", "ratio", "ratio_min", "ratio_max")}}
 
@@ -591,72 +592,42 @@ def host_info() -> dict:
   return info
 
 
-def main(argv):
-  del argv
-  import jax
-  results = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
-             "devices": jax.device_count(), "batch": FLAGS.batch, "size": FLAGS.size,
-             "width": FLAGS.width, "model": FLAGS.model, "dtype": FLAGS.dtype,
-             "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-             "host": host_info(), "results": {}}
-  h = results["host"]
-  print(f"host: {h['cpu']}, {h['cpus']} cpus, {' '.join(h['isa']) or 'ISA flags unknown'}",
-        flush=True)
-  names = [w.strip() for w in FLAGS.what.split(",") if w.strip()]
-  for name in names:
-    if name not in BENCHES:
-      raise app.UsageError(f"unknown --what {name!r}; choose from {sorted(BENCHES)}")
-  if FLAGS.rounds < 1:
-    raise app.UsageError(f"--rounds must be >= 1, got {FLAGS.rounds}")
-  paired = FLAGS.rounds > 1 and "torch" in names and "train" in names
-  if FLAGS.rounds > 1 and not paired:
-    raise app.UsageError("--rounds > 1 alternates the JAX and PyTorch train steps; it needs "
-                         "--what to include both torch and train")
-  for name in names:
-    if paired and name in ("torch", "train"):
-      if "jax_over_torch_paired" in results["results"]:
-        continue  # the other half of the pair, already timed
-      both = bench_paired()
-      results["results"]["jax_over_torch_paired"] = both.pop("paired")
-      results["results"].update(both)
-      for n in ("torch", "train"):
-        r = both[n]
-        print(f"{n:>15}: {r['img_per_s']:10.1f} img/s  (min {r['min']:.1f}, max {r['max']:.1f}, "
-              f"{FLAGS.rounds} alternating rounds)", flush=True)
-      continue
-    r = BENCHES[name]()
-    results["results"][name] = r
-    if name == "decode":
-      for d in (d for d in _decoders(0) if d in r):
-        print(f"{'decode ' + d:>22}: {r[d]['img_per_s']:8.1f} img/s, with fit_image "
-              f"{r[d]['with_fit_img_per_s']:7.1f} img/s (decoded shorter side "
-              f"{r[d]['decoded_short_side']:.0f}, min_side {r['min_side']})", flush=True)
-      continue
-    if name == "score_stage":
-      p = r["projection"]
-      print(f"{'score_stage':>15}: {r['images_decoded']} images decoded in {r['stage_wall_s']:.1f} s "
-            f"({r['img_per_s']:.1f} img/s), {r['model_img_per_s_training']:.1f} model-img/s "
-            f"training ({r['models']} models, together={r['together']}); one core decodes "
-            f"{r['decode_one_core_img_per_s']:.0f} img/s at {FLAGS.size}px "
-            f"({r['decode_one_core_full_img_per_s']:.0f} at full size)", flush=True)
-      for mode in ("together", "separate"):
-        q = p[mode]
-        print(f"{'ImageNet ' + mode:>22}: {q['decodes'] / 1e6:.1f} M decodes, host "
-              f"{q['host_s'] / 60:.0f} min on {p['host_cores']} cores, device "
-              f"{q['device_s'] / 60:.0f} min at {p['device_train_img_per_s']:.0f} img/s -> "
-              f"{q['wall_s'] / 60:.0f} min ({q['bound']}-bound)", flush=True)
-      continue
-    rate = r.get("img_per_s")
-    extra = "" if "min" not in r else f"  (min {r['min']:.1f}, max {r['max']:.1f})"
-    if name == "pipeline":
-      extra += (f" = {r['img_per_s_per_core']:.1f} per core ({r['cpus']}), "
-                f"{r['img_per_cpu_s']:.1f} per CPU-s; bare loop {r['bare_loop_img_per_s']:.1f}"
-                f" img/s, per core / bare {r['per_core_over_bare']:.2f}; read-ahead "
-                f"{r['prefetch_images']} images, {r['threads']} threads")
-    print(f"{name:>15}: {rate:10.1f} img/s{extra}"
-          + (f"  peak RSS {r['peak_rss_process_mib']:.0f} MiB"
-             if name in ("scoring_memory", "pipeline") else ""), flush=True)
-  res = results["results"]
+def _print_result(name: str, r: dict, size: int) -> None:
+  """One bench's result as one or a few lines."""
+  if name == "decode":
+    for d in (d for d in _decoders(0) if d in r):
+      print(f"{'decode ' + d:>22}: {r[d]['img_per_s']:8.1f} img/s, with fit_image "
+            f"{r[d]['with_fit_img_per_s']:7.1f} img/s (decoded shorter side "
+            f"{r[d]['decoded_short_side']:.0f}, min_side {r['min_side']})", flush=True)
+    return
+  if name == "score_stage":
+    p = r["projection"]
+    print(f"{'score_stage':>15}: {r['images_decoded']} images decoded in {r['stage_wall_s']:.1f} s "
+          f"({r['img_per_s']:.1f} img/s), {r['model_img_per_s_training']:.1f} model-img/s "
+          f"training ({r['models']} models, together={r['together']}); one core decodes "
+          f"{r['decode_one_core_img_per_s']:.0f} img/s at {size}px "
+          f"({r['decode_one_core_full_img_per_s']:.0f} at full size)", flush=True)
+    for mode in ("together", "separate"):
+      q = p[mode]
+      print(f"{'ImageNet ' + mode:>22}: {q['decodes'] / 1e6:.1f} M decodes, host "
+            f"{q['host_s'] / 60:.0f} min on {p['host_cores']} cores, device "
+            f"{q['device_s'] / 60:.0f} min at {p['device_train_img_per_s']:.0f} img/s -> "
+            f"{q['wall_s'] / 60:.0f} min ({q['bound']}-bound)", flush=True)
+    return
+  extra = "" if "min" not in r else f"  (min {r['min']:.1f}, max {r['max']:.1f})"
+  if name == "pipeline":
+    extra += (f" = {r['img_per_s_per_core']:.1f} per core ({r['cpus']}), "
+              f"{r['img_per_cpu_s']:.1f} per CPU-s; bare loop {r['bare_loop_img_per_s']:.1f}"
+              f" img/s, per core / bare {r['per_core_over_bare']:.2f}; read-ahead "
+              f"{r['prefetch_images']} images, {r['threads']} threads")
+  print(f"{name:>15}: {r.get('img_per_s'):10.1f} img/s{extra}"
+        + (f"  peak RSS {r['peak_rss_process_mib']:.0f} MiB"
+           if name in ("scoring_memory", "pipeline") else ""), flush=True)
+
+
+def _ratios(res: dict) -> None:
+  """The ratios between benches run together (score / train, JAX / PyTorch, augmentation /
+  step), added to res and printed."""
   if "train" in res and "score" in res:
     res["score_over_train"] = res["score"]["img_per_s"] / res["train"]["img_per_s"]
     print(f"scoring / train img/s: {res['score_over_train']:.2f}")
@@ -671,9 +642,55 @@ def main(argv):
   if "train" in res and "augment" in res:
     res["augment_share_of_step"] = res["train"]["img_per_s"] / res["augment"]["img_per_s"]
     print(f"augmentation cost / train step: {100 * res['augment_share_of_step']:.1f}%")
+
+
+def _bench_names(opts) -> tuple[list[str], bool]:
+  """The --what names, checked, and whether torch and train are timed as a pair (--rounds)."""
+  names = [w.strip() for w in opts.what.split(",") if w.strip()]
+  for name in names:
+    if name not in BENCHES:
+      raise app.UsageError(f"unknown --what {name!r}; choose from {sorted(BENCHES)}")
+  if opts.rounds < 1:
+    raise app.UsageError(f"--rounds must be >= 1, got {opts.rounds}")
+  paired = opts.rounds > 1 and "torch" in names and "train" in names
+  if opts.rounds > 1 and not paired:
+    raise app.UsageError("--rounds > 1 alternates the JAX and PyTorch train steps; it needs "
+                         "--what to include both torch and train")
+  return names, paired
+
+
+def main(argv):
+  del argv
+  import jax
+  opts = FLAGS
+  results = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
+             "devices": jax.device_count(), "batch": opts.batch, "size": opts.size,
+             "width": opts.width, "model": opts.model, "dtype": opts.dtype,
+             "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+             "host": host_info(), "results": {}}
+  h = results["host"]
+  print(f"host: {h['cpu']}, {h['cpus']} cpus, {' '.join(h['isa']) or 'ISA flags unknown'}",
+        flush=True)
+  names, paired = _bench_names(opts)
+  res = results["results"]
+  for name in names:
+    if paired and name in ("torch", "train"):
+      if "jax_over_torch_paired" in res:
+        continue  # the other half of the pair, already timed
+      both = bench_paired(opts)
+      res["jax_over_torch_paired"] = both.pop("paired")
+      res.update(both)
+      for n in ("torch", "train"):
+        r = both[n]
+        print(f"{n:>15}: {r['img_per_s']:10.1f} img/s  (min {r['min']:.1f}, max {r['max']:.1f}, "
+              f"{opts.rounds} alternating rounds)", flush=True)
+      continue
+    res[name] = BENCHES[name](opts)
+    _print_result(name, res[name], opts.size)
+  _ratios(res)
   from pca_jax.fs import save_json
-  save_json(FLAGS.out, results)
-  print(f"wrote {FLAGS.out}")
+  save_json(opts.out, results)
+  print(f"wrote {opts.out}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,12 @@ from pca_jax.config import default_train_config
 from pca_jax.data.sources import ArraySource
 
 
+def cache_arg() -> str:
+  """--config.jax_cache_dir for a CLI process a test starts: the session's persistent compile
+  cache (tests/conftest.py), shared by every process of the test session."""
+  return f"--config.jax_cache_dir={os.environ['PCA_JAX_TEST_CACHE']}"
+
+
 def get_field(config: ml_collections.ConfigDict, key: str):
   """The value of a dotted config field, e.g. "score.train.epochs"."""
   for part in key.split("."):

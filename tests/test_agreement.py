@@ -40,6 +40,7 @@ def test_variants_are_independent_runs_with_one_change():
     agreement.variant_overrides(c, "fast")
 
 
+@pytest.mark.long
 def test_measure_the_reference_against_itself_and_another_seed(tmp_path):
   out = agreement.measure(tiny_config(), str(tmp_path), ["seed", "together"], ipc=10,
                           early_factor=4)

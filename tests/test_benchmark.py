@@ -44,6 +44,7 @@ def bench_run(tmp_path_factory):
   return wd, cfg
 
 
+@pytest.mark.long
 def test_every_method_respects_the_budget(bench_run):
   wd, cfg = bench_run
   rows = json.loads((wd / "benchmark.json").read_text())["rows"]
@@ -106,9 +107,14 @@ def test_every_method_respects_the_budget(bench_run):
 
 
 def _cells_trained(out: str) -> list[str]:
-  return [line.split("] cell ", 1)[1] for line in out.splitlines() if "] cell " in line]
+  """The cells a run trained (not read back from the cache), from its one line per cell:
+  "[benchmark] 3/14 random-ipc1-g1x1-hard-s0: top-1 41.20%, 2.3 s; ETA 25 s"."""
+  import re
+  return [m.group(1) for m in re.finditer(r"\[benchmark\] \d+/\d+ (\S+): top-1 [^\n]*?, "
+                                          r"[\d.]+ s(?:;|$)", out, re.M)]
 
 
+@pytest.mark.long
 def test_resumes_a_partly_finished_benchmark(bench_run, tmp_path, capsys):
   import shutil
   src, cfg = bench_run
@@ -145,6 +151,7 @@ def test_resumes_a_partly_finished_benchmark(bench_run, tmp_path, capsys):
   assert "full data (teacher): n/a (no teacher in this run: hard labels only" in md
 
 
+@pytest.mark.long
 def test_sets_are_rebuilt_after_their_scores_change(bench_run, tmp_path, capsys):
   import shutil
   src, cfg = bench_run
@@ -174,6 +181,7 @@ def test_sets_are_rebuilt_after_their_scores_change(bench_run, tmp_path, capsys)
     assert el2n[easy[c]] == el2n[labels == c].min()
 
 
+@pytest.mark.long
 def test_soft_labels_and_external_sets(bench_run, tmp_path):
   wd, cfg = bench_run
   from pca_jax.data.store import export_imagefolder
@@ -208,14 +216,14 @@ def _demo_train():
 
 
 def test_bad_external_sets_are_refused_up_front(tmp_path):
-  """A parquet directory without image / class_id, a set whose classes are not the dataset's:
+  """A parquet directory without a label column (label / class_id), a set whose classes are not the dataset's:
   one line, exit 2, before any stage runs."""
   import pyarrow as pa
   import pyarrow.parquet as pq
   from tests.test_main import _cli
   bad = tmp_path / "bad" / "data"
   bad.mkdir(parents=True)
-  pq.write_table(pa.table({"image": [{"bytes": b"x", "path": "0.png"}], "label": [3]}),
+  pq.write_table(pa.table({"image": [{"bytes": b"x", "path": "0.png"}], "target": [3]}),
                  bad / "train-00000-of-00001.parquet")
   wrong = tmp_path / "wrong"
   for name in ("0", "cat"):
@@ -224,7 +232,7 @@ def test_bad_external_sets_are_refused_up_front(tmp_path):
     Image.new("RGB", (16, 16)).save(wrong / name / "a.png")
   base = ["--config=configs/benchmark_demo.py", "--config.benchmark.methods=random,external",
           "--config.benchmark.label_modes=('hard',)"]
-  for spec, message in ((f"x={tmp_path / 'bad'}", "class_id missing"),
+  for spec, message in ((f"x={tmp_path / 'bad'}", "; label missing"),
                         (f"x={wrong}", "class 'cat' is not a class of the dataset")):
     out = _cli([*base, f"--workdir={tmp_path / 'run'}", f"--config.benchmark.external={spec}"],
                timeout=300)
@@ -362,7 +370,7 @@ def test_dd_ranking_and_best_tables_with_synthetic_rows(tmp_path):
 
 
 def test_benchmark_eval_every_epochs_is_validated():
-  from pca_jax.config import validate
+  from pca_jax.checks import validate
   c = tiny_config(stages="benchmark")
   c.benchmark.update(dict(methods="random", label_modes=("hard",), eval_every_epochs=-1))
   with pytest.raises(ValueError, match=r"benchmark.eval_every_epochs must be an integer >= 0 "
@@ -379,6 +387,7 @@ def test_cutmix_pastes_one_box_from_partners():
   assert np.array_equal(augment.cutmix(jax.random.key(3), x, 1.0), y)
 
 
+@pytest.mark.long
 def test_soft_label_training_distills_the_teacher(tmp_path):
   """Student trained only on a teacher's soft labels learns the teacher's function."""
   images, labels = colour_dataset(64, 4, 8, seed=0)
@@ -405,3 +414,41 @@ def test_forgetting_methods_need_forgetting_scores(tmp_path):
                                        "--config.score.forgetting=True"):
     pca_main.run_pipeline(c, tmp_path / "run")
   assert not (tmp_path / "run").exists()  # refused before anything ran or was written
+
+
+def test_precomputed_scores_serve_only_the_methods_of_their_kind():
+  from pca_jax.checks import validate
+  c = _bench_config(methods="random,el2n_easy,pca")
+  c.score.scores_path = "/data/el2n.npy"
+  validate(c)  # el2n_easy and pca rank by el2n = score.kind: scores_el2n.npy is written
+  c.benchmark.methods = "random,el2n_easy,forgetting_hard"
+  with pytest.raises(ValueError, match="benchmark method forgetting_hard ranks by forgetting "
+                                       "scores, but score.scores_path gives only precomputed el2n"):
+    validate(c)
+
+
+def test_an_imagenet_sized_run_without_a_given_teacher_says_so():
+  from pca_jax.config import base_config
+  from pca_jax.dc.stages import own_teacher_note
+  c = base_config()  # imagenet2012, hard and soft labels, no teacher given
+  assert "not the reference benchmark's" in own_teacher_note(c, 1000)
+  assert "teacher_weights" in own_teacher_note(c, 1000)
+  c.benchmark.teacher_weights = "/w/resnet18.pth"
+  assert own_teacher_note(c, 1000) == ""
+  c.benchmark.teacher_weights = ""
+  c.benchmark.label_modes = ("hard",)
+  assert own_teacher_note(c, 1000) == ""  # no soft labels: no teacher to compare
+  demo = tiny_config()
+  assert own_teacher_note(demo, 10) == ""  # the demo is not ImageNet-sized
+
+
+def test_benchmark_imagenet_defaults_to_the_references_precision():
+  import importlib
+  import sys
+  from tests.test_main import ROOT
+  sys.path.insert(0, ROOT)
+  mod = importlib.import_module("configs.benchmark_imagenet")
+  assert mod.get_config().model.dtype == "float32"
+  assert mod.get_config("bf16").model.dtype == "bfloat16"
+  with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+    mod.get_config("fp8")

@@ -8,8 +8,9 @@ from PIL import Image
 
 from pca_jax.data import pipeline, store
 from pca_jax.fs import atomic_dir, check_writable, save_json
+from pca_jax.data.load import load_source
 from pca_jax.data.sources import (ArraySource, DataError, ImageFolderSource, TfdsSource,
-                                  demo_source, load_source)
+                                  demo_source)
 import ml_collections
 
 
@@ -439,3 +440,50 @@ def test_atomic_helpers(tmp_path):
     ro.chmod(0o700)
   with pytest.raises(ValueError, match="cannot write"):
     check_writable("/proc/pca_jax_cannot_write_here")
+
+
+def test_eval_split_with_other_classes_is_refused_before_anything_runs(tmp_path):
+  """An ImageFolder val split missing one class folder would shift every later label by one:
+  refused up front, naming the class."""
+  from pca_jax.main import run_pipeline
+  from tests.test_main import tiny_config
+  _write_tree(tmp_path / "data" / "train", per_class=(3, 3, 3))
+  _write_tree(tmp_path / "data" / "val", per_class=(2, 2, 2))
+  import shutil
+  shutil.rmtree(tmp_path / "data" / "val" / "class_1")
+  c = tiny_config(**{"data.source": "imagefolder", "data.data_dir": str(tmp_path / "data"),
+                     "data.eval_split": "val", "data.image_size": 8, "stages": "eval"})
+  with pytest.raises(DataError, match="the val split has 2 classes and the train split 3: class "
+                                      "'class_1' of the train split is missing from it"):
+    run_pipeline(c, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+  from pca_jax.data.load import check_same_classes
+  with pytest.raises(DataError, match="class 0 is 'a' in the train split but 'b' in the test"):
+    check_same_classes(["a", "b"], ["b", "a"], "train", "test")
+  check_same_classes(["a", "b"], ["a", "b"], "train", "test")
+
+
+def test_object_store_settings_and_bounded_waits(monkeypatch):
+  """A gs:// run directory with STORAGE_EMULATOR_HOST but not the clients' other variables: one
+  line naming them (it used to wait silently for minutes); a store that does not answer: one
+  line after the bounded wait."""
+  import time
+  from pca_jax import fs
+  for k in fs.EMULATOR_VARIABLES:
+    monkeypatch.delenv(k, raising=False)
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+  monkeypatch.setenv("FSSPEC_GCS_TOKEN", "anon")
+  with pytest.raises(ValueError, match="points at a local GCS emulator, but "
+                                       "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT, TENSORSTORE_GCS_HTTP_URL, "
+                                       "GOOGLE_AUTH_TOKEN_FOR_TESTING are not set"):
+    fs.check_store_settings("gs://bucket/run")
+  fs.check_store_settings("/local/run")  # local paths: nothing to check
+  monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+  fs.check_store_settings("gs://bucket/run")  # the real service: its own credentials
+  t = time.time()
+  with pytest.raises(ValueError, match="the object store holding gs://b/x did not answer within "
+                                       "1 s: check the bucket name, the credentials"):
+    fs.within(1.0, lambda: time.sleep(30), "the object store holding gs://b/x")
+  assert time.time() - t < 5
+  with pytest.raises(KeyError):  # the probe's own errors come through unchanged
+    fs.within(5.0, lambda: {}["x"], "a probe")

@@ -26,6 +26,7 @@ def test_resnet18_imagenet_logits_shape():
   assert out.shape == (2, 1000) and out.dtype == jnp.float32
 
 
+@pytest.mark.long
 def test_small_stem_train_and_eval_modes():
   m = create_model("resnet10", num_classes=5, width=4, stem="small")
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
@@ -59,6 +60,7 @@ def test_create_model_rejects_bad_names():
     create_model("resnet18", 10, dtype="fp8")
 
 
+@pytest.mark.long
 def test_max_pool_matches_flax_values_and_gradient():
   import flax.linen as nn
   from pca_jax.models.resnet import max_pool_3x3_s2
@@ -169,6 +171,81 @@ def test_batch_norm_train_gradient_includes_the_statistics_outputs():
   want = jax.grad(lambda *a: loss(plain, *a), (0, 1, 2))(x, scale, bias)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_weighted_batch_norm_equals_batch_norm_of_the_weighted_examples_alone():
+  """Weight-0 rows (padding) change neither the statistics nor the real rows' outputs and
+  gradients; general weights give the autodiffed weighted formula (with the statistics outputs)."""
+  from pca_jax.models.resnet import batch_norm_train, batch_norm_train_weighted
+  x = jax.random.normal(jax.random.key(4), (7, 3, 2, 5)) * 2.0 + 0.7
+  scale, bias = jnp.linspace(0.5, 1.5, 5), jnp.linspace(-0.2, 0.2, 5)
+  real = 4
+  mask = jnp.asarray([1.0] * real + [0.0] * (7 - real))
+  cot = jax.random.normal(jax.random.key(5), x.shape)
+
+  def loss(y, mean, var):  # only the real rows reach the loss, as with weight-0 examples
+    return jnp.sum(jnp.sin(y[:real]) * cot[:real]) + jnp.sum(mean * jnp.arange(5.0)) + \
+        jnp.sum(var ** 2)
+  got = jax.value_and_grad(lambda x, s, b: loss(*batch_norm_train_weighted(
+      x, mask, s, b, 1e-5, jnp.float32)), (0, 1, 2))(x, scale, bias)
+  want = jax.value_and_grad(lambda x, s, b: loss(*batch_norm_train(
+      x, s, b, 1e-5, jnp.float32)), (0, 1, 2))(x[:real], scale, bias)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  np.testing.assert_allclose(got[1][0][:real], want[1][0], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got[1][0][real:], 0.0, atol=1e-6)  # padding gets no gradient
+  for a, b in zip(got[1][1:], want[1][1:]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  y, mean, var = batch_norm_train_weighted(x, mask, scale, bias, 1e-5, jnp.float32)
+  y_real, mean_real, var_real = batch_norm_train(x[:real], scale, bias, 1e-5, jnp.float32)
+  np.testing.assert_allclose(y[:real], y_real, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose((mean, var), (mean_real, var_real), rtol=1e-5, atol=1e-6)
+
+  w = jnp.asarray([0.5, 2.0, 1.0, 0.0, 3.0, 1.0, 0.25])
+
+  def plain(x, scale, bias):  # the weighted statistics, autodiffed
+    wb = w.reshape(-1, 1, 1, 1)
+    count = jnp.sum(w) * 6
+    mean = jnp.sum(wb * x, (0, 1, 2)) / count
+    var = jnp.sum(wb * x * x, (0, 1, 2)) / count - mean ** 2
+    return (x - mean) * scale / jnp.sqrt(var + 1e-5) + bias, mean, var
+
+  def full_loss(y, mean, var):
+    return jnp.sum(jnp.sin(y) * cot) + jnp.sum(mean * jnp.arange(5.0)) + jnp.sum(var ** 2)
+  got = jax.grad(lambda *a: full_loss(*batch_norm_train_weighted(a[0], w, a[1], a[2], 1e-5,
+                                                                jnp.float32)), (0, 1, 2))(
+      x, scale, bias)
+  want = jax.grad(lambda *a: full_loss(*plain(*a)), (0, 1, 2))(x, scale, bias)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.long
+def test_train_step_on_a_padded_batch_equals_a_step_on_the_real_images():
+  """A compressed set's last batch: k real images + weight-0 filler. The update (params and
+  BatchNorm running statistics) equals the update on a batch of only the k real images."""
+  import optax
+  from pca_jax.models.resnet import create_model
+  from pca_jax.training import steps
+  model = create_model("resnet10", 3, width=4, stem="small")
+  tx = optax.sgd(0.1, momentum=0.9)
+  state = steps.create_train_state(model, tx, jax.random.key(0), (8, 8, 3))
+  views = jax.random.normal(jax.random.key(1), (10, 8, 8, 3))
+  labels = jnp.arange(10) % 3
+  real = 4
+  weights = jnp.asarray([1.0] * real + [0.0] * (10 - real))
+  update = jax.jit(steps.train_update, static_argnums=(4, 5))  # compiled: faster than op by op
+  spec = steps.LossSpec(3, weighted_batch_stats=True)
+  padded, m_pad = update(state, views, labels, weights, spec, None, None)
+  alone, m_alone = update(state, views[:real], labels[:real], jnp.ones(real), steps.LossSpec(3),
+                          None, None)
+  np.testing.assert_allclose(m_pad["loss"], m_alone["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves((padded.params, padded.batch_stats)),
+                  jax.tree.leaves((alone.params, alone.batch_stats))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  unweighted, _ = update(state, views, labels, weights, steps.LossSpec(3), None, None)
+  diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(unweighted.batch_stats), jax.tree.leaves(alone.batch_stats)))
+  assert diff > 1e-3  # without the weights the filler moves the statistics (the old behaviour)
 
 
 def test_torchvision_initialisation_and_zero_init_residual_option():

@@ -13,15 +13,16 @@ from collections import defaultdict
 
 import jax
 import numpy as np
+import pytest
 
 from pca_jax import main as pca_main
 from pca_jax.training import load_variables
-from tests.helpers import free_port
+from tests.helpers import cache_arg, free_port
 from tests.test_main import ROOT, TINY, tiny_config
 
 LAUNCH = os.path.join(ROOT, "launch", "gpu_multi_host.sh")
 # the launch script adds bfloat16 (GPU); these CPU runs and the 1-process reference use float32
-ARGS = [*TINY, "--config.jax_cache_dir=", "--config.model.dtype=float32"]
+ARGS = [*TINY, cache_arg(), "--config.model.dtype=float32"]
 
 
 def _start(workdir, extra, audit, tag, logdir=None):
@@ -72,6 +73,7 @@ def test_launch_scripts_parse():
       assert out.returncode == 0, (script, out.stderr)
 
 
+@pytest.mark.long
 def test_two_processes_match_one_and_survive_sigterm(tmp_path):
   # reference: one process, 8 devices (this test process)
   ref = tmp_path / "one"

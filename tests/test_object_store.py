@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import gcs_emulator
+from tests.helpers import cache_arg, gcs_emulator
 from tests.test_main import ROOT, TINY
 
 BUCKET = "pca-jax-test"
@@ -43,6 +43,7 @@ def _names(root: str) -> set[str]:
   return {os.fspath(p)[len(root) + 1:] for p in fs.files_under(root)}
 
 
+@pytest.mark.long
 def test_pipeline_in_a_bucket_reruns_and_resumes(gcs, tmp_path):
   from pca_jax import fs
   from pca_jax.training import load_variables
@@ -51,7 +52,7 @@ def test_pipeline_in_a_bucket_reruns_and_resumes(gcs, tmp_path):
   run = f"gs://{BUCKET}/run"
   # 300 short steps: long enough that a SIGTERM at step 6 lands mid-train
   args = ["--config=" + os.path.join(ROOT, "configs", "demo.py"), f"--workdir={run}", *TINY,
-          "--config.jax_cache_dir=", "--config.train.epochs=300",
+          cache_arg(), "--config.train.epochs=300",
           "--config.train.eval_every_epochs=0"]
   out = _cli(args, cwd, gcs)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]

@@ -199,9 +199,13 @@ def test_bad_input_names_the_problem(tmp_path):
     ParquetSource(tmp_path / "empty")
   _write_hub_file(tmp_path / "label" / "data" / "train-00000-of-00001.parquet", img, [0],
                   label_col="label")
-  with pytest.raises(DataError, match=r"has columns \['image', 'label', 'extra'\], expected "
-                     r"'image' .* and 'class_id' \(int\); class_id missing"):
-    ParquetSource(tmp_path / "label")
+  assert ParquetSource(tmp_path / "label").labels.tolist() == [0]  # "label" is recognised too
+  _write_hub_file(tmp_path / "target" / "data" / "train-00000-of-00001.parquet", img, [0],
+                  label_col="target")
+  with pytest.raises(DataError, match=r"has columns \['image', 'target', 'extra'\], expected "
+                     r"'image' .* and 'label' \(int\); label missing"):
+    ParquetSource(tmp_path / "target")
+  assert ParquetSource(tmp_path / "target", label_column="target").labels.tolist() == [0]
   _write_hub_file(tmp_path / "img" / "data" / "train-00000-of-00001.parquet", img, [0],
                   image_col="img")
   with pytest.raises(DataError, match=r"has columns \['img', 'class_id', 'extra'\], .*; image "
@@ -238,3 +242,100 @@ def test_export_and_read_in_a_bucket(tmp_path, gcs_bucket):
   s = ParquetSource(f"{gcs_bucket}/hub")
   assert s.class_names == NAMES and s.labels.tolist() == labels.tolist()
   np.testing.assert_array_equal(np.stack([s[i][0] for i in range(len(s))]), images)
+
+
+def _png_bytes(img: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _write_dataset(root, split: str, images, labels, names, shards: int = 1,
+                   label_col: str = "label") -> None:
+  """A Hugging Face image-classification dataset as `datasets` pushes it: data/<split>-*.parquet
+  with an Image column and a ClassLabel column named in the schema metadata."""
+  meta = json.dumps({"info": {"features": {
+      "image": {"_type": "Image"}, label_col: {"names": names, "_type": "ClassLabel"}}}}).encode()
+  parts = np.array_split(np.arange(len(labels)), shards)
+  for k, idx in enumerate(parts):
+    col = pa.StructArray.from_arrays([pa.array([_png_bytes(images[i]) for i in idx], pa.binary()),
+                                      pa.array([f"{i}.png" for i in idx])], names=["bytes", "path"])
+    table = pa.table({"image": col, label_col: pa.array(np.asarray(labels)[idx], pa.int64())})
+    path = root / "data" / f"{split}-{k:05d}-of-{shards:05d}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.replace_schema_metadata({b"huggingface": meta}), path)
+
+
+def _digits_dataset(root):
+  """The demo's digits (train / test) as a parquet dataset in 3 train shards."""
+  from pca_jax.data.sources import demo_source
+  names = [f"digit {i}" for i in range(10)]
+  for split, shards in (("train", 3), ("test", 1)):
+    src = demo_source(split)
+    _write_dataset(root, split, src.images, src.labels, names, shards)
+  return names
+
+
+@pytest.mark.long
+def test_a_parquet_dataset_runs_the_pipeline_and_the_benchmark(tmp_path):
+  from pca_jax import main as pca_main
+  from tests.test_main import tiny_config
+  names = _digits_dataset(tmp_path / "digits")
+  c = tiny_config(**{"data.source": "parquet", "data.data_dir": str(tmp_path / "digits"),
+                     "data.eval_split": "test",
+                     "stages": "score,select,combine,store,train,eval,report,benchmark",
+                     "benchmark.methods": "random,el2n_easy,pca", "benchmark.ipcs": (1,),
+                     "benchmark.label_modes": ("hard",), "benchmark.grids": ((1, 1),),
+                     "train.epochs": 20})
+  summaries = pca_main.run_pipeline(c, tmp_path / "run")
+  res = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert res["test_images"] == 450 and res["top1"] > 20.0  # chance 10 %
+  assert res["dataset"].startswith("parquet:")
+  manifest = json.loads((tmp_path / "run" / "compressed" / "manifest.json").read_text())
+  assert manifest["class_names"] == names and manifest["source"]["num_examples"] == 1347
+  assert summaries["benchmark"]["cells"] == 3
+  rows = json.loads((tmp_path / "run" / "benchmark.json").read_text())["rows"]
+  assert {r["method"] for r in rows} == {"random", "el2n_easy", "pca"}
+
+
+def test_parquet_source_bad_input_is_one_line(tmp_path):
+  """Through the CLI: a missing label column, an unknown split, no data_dir: exit 2, one line."""
+  import subprocess
+  import sys
+  from tests.test_main import ROOT
+  images = [_smooth(8, 8, i) for i in range(4)]
+  _write_dataset(tmp_path / "ok", "train", images, [0, 1, 0, 1], ["a", "b"], shards=2)
+  _write_dataset(tmp_path / "ok", "test", images[:2], [0, 1], ["a", "b"])
+  _write_dataset(tmp_path / "nolabel", "train", images, [0, 1, 0, 1], ["a", "b"],
+                 label_col="target")
+  _write_dataset(tmp_path / "nolabel", "test", images[:2], [0, 1], ["a", "b"],
+                 label_col="target")
+
+  def cli(*args):
+    return subprocess.run([sys.executable, "-m", "pca_jax.main", "--config=configs/demo.py",
+                           f"--workdir={tmp_path / 'run'}", "--config.data.source=parquet",
+                           "--config.data.eval_split=test", *args], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+                          timeout=300)
+  for args, message in (
+      ([f"--config.data.data_dir={tmp_path / 'nolabel'}"],
+       "has columns ['image', 'target'], expected 'image' (struct {bytes, path}) and 'label'"),
+      ([f"--config.data.data_dir={tmp_path / 'ok'}", "--config.data.eval_split=validation"],
+       "has no validation-*.parquet files, only the splits test, train"),
+      ([], "data.source='parquet' needs --config.data.data_dir=")):
+    out = cli(*args)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().count("\n") == 0 and message in out.stderr, out.stderr
+    assert not (tmp_path / "run").exists()
+  # the label column named explicitly
+  from pca_jax.data.load import load_source
+  from pca_jax.config import base_config
+  data = base_config().data
+  data.update(dict(source="parquet", data_dir=str(tmp_path / "nolabel"), label_column="target"))
+  src = load_source(data, "train")
+  assert src.labels.tolist() == [0, 1, 0, 1] and src.class_names == ["a", "b"]
+  assert len(src.files) == 1
+  assert len(load_source(data, "test")) == 2
+  data.data_dir = str(tmp_path / "ok")
+  data.label_column = ""
+  assert len(load_source(data, "train").files) == 2  # both shards of the split

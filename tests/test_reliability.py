@@ -15,23 +15,24 @@ from PIL import Image
 
 from pca_jax import main as pca_main
 from pca_jax import fs
+from tests.helpers import cache_arg
 from tests.test_main import ROOT, TINY, tiny_config
 
 RESUME_ARGS = TINY + ["--config.score.train.checkpoint_every_steps=10",
                       "--config.train.checkpoint_every_steps=10"]
 
 
-def _start(wd, cache):
+def _start(wd):
   env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
   return subprocess.Popen([sys.executable, "-m", "pca_jax.main", "--config=configs/demo.py",
-                           f"--workdir={wd}", f"--config.jax_cache_dir={cache}", *RESUME_ARGS],
+                           f"--workdir={wd}", cache_arg(), *RESUME_ARGS],
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
 
 
-def _run_until(wd, cache, marker, sig):
+def _run_until(wd, marker, sig):
   """Starts the CLI, sends `sig` once a line containing `marker` is printed; returns (rc, log)."""
-  p = _start(wd, cache)
+  p = _start(wd)
   lines = []
   deadline = time.time() + 300
   for line in p.stdout:
@@ -65,25 +66,25 @@ def _assert_same_run(a, b):
   assert ra["top1"] == rb["top1"] and ra["top5"] == rb["top5"]
 
 
+@pytest.mark.long
 def test_sigkill_in_score_and_sigterm_in_train_resume_to_identical_results(tmp_path):
-  cache = tmp_path / "cache"
   ref = tmp_path / "ref"
-  p = _start(ref, cache)
+  p = _start(ref)
   out, _ = p.communicate(timeout=600)
   assert p.returncode == 0, out[-3000:]
 
   run = tmp_path / "run"
-  rc, log = _run_until(run, cache, "[score models 1-2 together] step 20/", signal.SIGKILL)
+  rc, log = _run_until(run, "[score models 1-2 together] step 20/", signal.SIGKILL)
   assert rc == -signal.SIGKILL, log[-2000:]
   assert not (run / "scores.npy").exists()  # killed before the stage finished: no output
-  rc, log = _run_until(run, cache, "[train] step 20/", signal.SIGTERM)
+  rc, log = _run_until(run, "[train] step 20/", signal.SIGTERM)
   # the two scoring models (trained together, the demo's default) continued, not restarted
   assert "[score models 1-2 together] resumed from checkpoint at step" in log
   assert "[score] done" in log
   assert rc == 143, log[-2000:]
   assert "received SIGTERM: checkpoint saved at step" in log
   assert not (run / "train.json").exists()
-  p = _start(run, cache)
+  p = _start(run)
   out, _ = p.communicate(timeout=600)
   assert p.returncode == 0, out[-3000:]
   assert "[score] already done" in out and "[train] resumed from checkpoint" in out
@@ -125,7 +126,7 @@ def _folder_cli(root, wd, *extra):
   env = dict(os.environ, PYTHONPATH=ROOT)
   args = [sys.executable, "-m", "pca_jax.main", "--config=configs/demo.py", f"--workdir={wd}",
           "--config.data.source=imagefolder", f"--config.data.data_dir={root}",
-          "--config.data.eval_split=test", f"--config.jax_cache_dir={root.parent / 'jit'}", *TINY,
+          "--config.data.eval_split=test", cache_arg(), *TINY,
           "--config.select.ipc=2", "--config.score.num_models=1", "--config.score.batch_size=16",
           "--config.score.train.batch_size=8", "--config.train.epochs=2",
           "--config.train.batch_size=8", "--config.train.eval_batch_size=16", *extra]
@@ -157,6 +158,7 @@ def _damage(root):
   (root / "train" / "class2" / "c_text.jpg").write_text("hello, I am not a JPEG")
 
 
+@pytest.mark.long
 def test_messy_imagefolder_fails_with_file_name_then_runs_with_skip_corrupt(tmp_path, folder_root):
   import shutil
   root = tmp_path / "data"

@@ -44,6 +44,7 @@ def finished(tmp_path_factory):
   return wd
 
 
+@pytest.mark.long
 def test_changed_ipc_grid_or_scoring_retrains_from_step_zero(finished, tmp_path, capsys):
   import shutil
   wd = tmp_path / "run"

@@ -8,7 +8,7 @@ import pytest
 from pca_jax import training as train
 from pca_jax.training import steps
 from pca_jax.training.views import eval_preprocess, view_sizes
-from pca_jax.config import validate
+from pca_jax.checks import validate
 from tests.helpers import colour_dataset, colour_source, tiny_config
 from tests.test_main import tiny_config as pipeline_config
 

@@ -1,3 +1,4 @@
+import json
 """K scoring models trained and scored together (score.together), low-resolution scoring and the
 early-checkpoint schedule: each against the one-model-at-a-time path, computed separately."""
 
@@ -8,7 +9,8 @@ import pytest
 
 from pca_jax import augment, parallel, rng, scoring
 from pca_jax import training as train
-from pca_jax.config import base_config, validate
+from pca_jax.checks import validate
+from pca_jax.config import base_config
 from pca_jax.models.resnet import create_model
 from pca_jax.training import steps
 from tests.helpers import colour_dataset, tiny_config
@@ -27,6 +29,7 @@ def _model_and_tx():
   return model, tx
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("model_axis", ["vmap", "loop"])
 def test_stacked_step_equals_separate_steps(model_axis):
   """One jitted step over K stacked models = K single-model steps with the same keys, on the same
@@ -69,6 +72,7 @@ def test_stacked_step_equals_separate_steps(model_axis):
   assert not np.allclose(a0, a1)
 
 
+@pytest.mark.long
 def test_train_together_model_k_is_the_lone_model_of_its_seed(tmp_path):
   """train(model_seeds=...) on a compressed set: model 0 trains exactly like train() alone with
   its seed (same data order, init and crops); the result is stacked [K, ...]."""
@@ -166,6 +170,7 @@ def _score_stage(workdir, **overrides):
   return fs.read_json(fs.join(workdir, "stages", "score.json"))["summary"]
 
 
+@pytest.mark.long
 def test_score_stage_together_decodes_once_per_epoch(tmp_path):
   """Separate: every model reads the train split (K x epochs x steps x batch decodes); together:
   one stream for all K (epochs x steps x batch); the scoring pass reads N either way."""
@@ -194,6 +199,7 @@ def test_score_stage_together_decodes_once_per_epoch(tmp_path):
   assert np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1] > 0.5
 
 
+@pytest.mark.long
 def test_low_resolution_scoring(tmp_path):
   """score.image_size=8: the models train and score at 8 px; changing it reruns the score stage."""
   wd = tmp_path / "run"
@@ -216,3 +222,17 @@ def test_low_resolution_scoring(tmp_path):
     out = scoring.score_dataset(apply, variables, pipeline.ordered_batches(src, 128, size),
                                 num_examples=len(src), scores=("el2n",))
     assert np.allclose(out["el2n"].mean(0), np.load(wd / "scores_el2n.npy"), atol=1e-4) == same
+
+
+def test_max_steps_holds_when_the_models_train_epoch_by_epoch(tmp_path, capsys):
+  """score.forgetting / score.aum train epoch by epoch; score.train.max_steps still stops them
+  (it was overwritten by each epoch's length), and a fresh run does not call its own epochs
+  resumes."""
+  summary = _score_stage(tmp_path / "run", **{"score.forgetting": True, "score.train.epochs": 2,
+                                              "score.train.max_steps": 3})
+  rows = [json.loads(line) for line in
+          (tmp_path / "run" / "score" / "together" / "metrics.jsonl").read_text().splitlines()]
+  assert max(r["step"] for r in rows) == 3  # not 2 x 21 steps
+  # 3 steps (and the few batches the pipeline decodes ahead) + 2 epoch passes, not 2 epochs
+  assert 3 * 64 + 2 * 1347 <= summary["images_decoded_training"] < 2 * 1347 + 1347 // 2
+  assert "resumed from checkpoint" not in capsys.readouterr().out

@@ -57,3 +57,22 @@ def test_errors_name_the_problem():
     select_per_class(np.zeros(4), labels, 1, num_classes=3)
   with pytest.raises(ValueError, match="does not match"):
     select_per_class(np.zeros(3), labels, 1)
+
+
+def test_ties_in_score_are_broken_by_a_seeded_draw_not_the_file_order():
+  """Forgetting counts are integers and tie massively: the easiest ipc of a class must not be
+  its first files. With a key the ties are drawn (seeded: the same key, the same pick); without
+  one they go to the smaller index."""
+  labels = np.repeat(np.arange(2), 50)
+  scores = np.zeros(100)
+  scores[[3, 60]] = -1.0  # one strictly easiest example per class
+  a = select_per_class(scores, labels, 5, "easy", key=jax.random.key(0))
+  b = select_per_class(scores, labels, 5, "easy", key=jax.random.key(1))
+  assert a[0] == 3 and a[5] == 60 and b[0] == 3 and b[5] == 60  # the score comes first
+  assert a[1:5].tolist() != [0, 1, 2, 4] and a[6:].tolist() != [50, 51, 52, 53]
+  assert not np.array_equal(a, b)
+  np.testing.assert_array_equal(a, select_per_class(scores, labels, 5, "easy",
+                                                    key=jax.random.key(0)))
+  np.testing.assert_array_equal(select_per_class(scores, labels, 5, "easy")[:5], [3, 0, 1, 2, 4])
+  hard = select_per_class(-scores, labels, 5, "hard", key=jax.random.key(0))
+  np.testing.assert_array_equal(hard, a)  # hard on negated scores: the same ranking

@@ -11,6 +11,7 @@ import pytest
 from tests.test_main import ROOT
 
 
+@pytest.mark.long
 def test_bench_smoke(tmp_path):
   out = tmp_path / "bench.json"
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")
@@ -100,6 +101,7 @@ def test_pipeline_and_decode_benches_on_photos(tmp_path):
   assert d["pil_draft"]["decoded_short_side"] == d["simplejpeg"]["decoded_short_side"] == 47
 
 
+@pytest.mark.long
 def test_score_stage_bench_counts_decodes_and_projects(tmp_path):
   out = tmp_path / "bench.json"
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")

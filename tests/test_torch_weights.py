@@ -242,6 +242,7 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
     read_state_dict(tmp_path / "list.pth")
 
 
+@pytest.mark.long
 def test_benchmark_teacher_from_torchvision_weights(tmp_path):
   """benchmark.teacher_weights: a torchvision state_dict becomes the benchmark's teacher, is
   evaluated once (the full-data accuracy of HLR), and labels the soft-label cells; a missing

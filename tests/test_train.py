@@ -27,6 +27,7 @@ def _losses(workdir):
   return [r["loss"] for r in rows if "loss" in r]
 
 
+@pytest.mark.long
 def test_eight_devices_match_one_device(tmp_path):
   assert jax.device_count() == 8
   cfg = tiny_config(epochs=3, crop="rrc", flip=True)
@@ -114,6 +115,23 @@ def test_schedule_and_optimizer_options():
   cfg.train.update(dict(schedule="constant", warmup_epochs=0, scale_lr_by_batch=True,
                         batch_size=256, base_batch_size=128))
   assert float(steps.make_schedule(cfg.train, 4)(7)) == pytest.approx(2.0)
+
+
+def test_step_unit_warmup_rises_over_the_warm_epochs_steps():
+  """schedule_unit="step" (the scoring models, the teacher): a linear warmup over the first
+  warmup_epochs x steps_per_epoch steps, then the cosine from the full LR; the scoring models
+  (1 warm epoch) used to start at the full LR and the teacher (2) at half of it."""
+  cfg = tiny_config(epochs=10, lr=0.4, schedule="cosine", schedule_unit="step", warmup_epochs=1)
+  sched = steps.make_schedule(cfg.train, steps_per_epoch=10)
+  lrs = [float(sched(s)) for s in range(12)]
+  assert lrs[:10] == pytest.approx([0.04 * (s + 1) for s in range(10)])  # 0.04, 0.08, ... 0.4
+  assert lrs[10] == pytest.approx(0.4)  # the cosine starts after the warm epoch
+  assert lrs[11] == pytest.approx(0.2 * (1 + np.cos(np.pi * 0.1 / 9)))
+  cfg.train.warmup_epochs = 2
+  sched = steps.make_schedule(cfg.train, steps_per_epoch=10)
+  assert float(sched(0)) == pytest.approx(0.02) and float(sched(9)) == pytest.approx(0.2)
+  assert float(sched(19)) == pytest.approx(0.4)
+  assert float(sched(20)) == pytest.approx(0.4)  # the cosine starts after the warm epochs
   for opt in ("adamw", "sgd"):
     cfg.train.optimizer = opt
     tx, _ = steps.make_optimizer(cfg.train, 4)
@@ -312,3 +330,33 @@ def test_evaluate_saved_variables_without_the_trainer(tmp_path):
   ev = train.evaluate(variables, colour_source(48), model.apply, eval_size=8, batch_size=16)
   assert ev["count"] == 48
   assert ev["top1"] == pytest.approx(m["eval_top1"]) and ev["top5"] == pytest.approx(m["eval_top5"])
+  # an evaluation batch the 8 devices do not divide (the ImageNet configs' 500) is padded up
+  from pca_jax import parallel
+  assert parallel.forward_batch_size(500, parallel.make_mesh()) == 504
+  odd = train.evaluate(variables, colour_source(48), model.apply, eval_size=8, batch_size=13)
+  assert odd["count"] == 48 and odd["top1"] == pytest.approx(ev["top1"])
+
+
+def test_the_loop_runs_at_most_two_steps_ahead_of_the_device(tmp_path, monkeypatch):
+  """A SIGTERM is acted on at the step the host dispatches; the checkpoint then waits for every
+  step already queued. The loop waits for step s - 2 after dispatching step s, so at most two
+  are queued (unbounded, a loop that blocks only at log steps ran up to log_every_steps ahead:
+  70 s from SIGTERM to checkpoint on a busy CPU)."""
+  from pca_jax.training import loop
+  outputs, late = [], []
+  build = loop._build_step
+
+  def watched(*args, **kwargs):
+    step = build(*args, **kwargs)
+
+    def run(*a):
+      done = [o.is_ready() for o in outputs[:-loop.RUN_AHEAD]] if outputs else []
+      late.append(len(done) - sum(done))
+      state, m = step(*a)
+      outputs.append(m["loss"])
+      return state, m
+    return run
+  monkeypatch.setattr(loop, "_build_step", watched)
+  cfg = tiny_config(epochs=30, log_every_steps=1000)
+  train.train(cfg, tmp_path, _memory(), log=lambda s: None)
+  assert len(outputs) == 30 * 3 and max(late) == 0  # 40 images, batch 16: 3 steps an epoch

@@ -174,6 +174,7 @@ def test_window_with_another_mode_and_a_too_large_val_fraction(tmp_path):
 
 
 # ------------------------------------------------------------------- the search, known answer
+@pytest.mark.long
 def test_search_picks_the_clean_window_over_label_noise(tmp_path):
   """Every class: 20 images of its colour (easy, low scores) and 20 of other colours with this
   label (label noise, high scores). Training on the hardest quarter (all noise, whatever the
@@ -247,10 +248,10 @@ class _Guarded:
 def guarded_test_split(monkeypatch):
   """load_source gives the eval split behind _Guarded; the runner's "[eval] running" line (the
   eval stage starting) opens it."""
-  from pca_jax.data import sources
+  from pca_jax.data import load as loading
   from pca_jax.pca import context
   state = {"eval_started": False, "reads": 0}
-  load, log = sources.load_source, context.log_main
+  load, log = loading.load_source, context.log_main
 
   def guarded_load(data_config, split=None):
     src = load(data_config, split)
@@ -260,11 +261,12 @@ def guarded_test_split(monkeypatch):
     if msg.startswith("[eval] running"):
       state["eval_started"] = True
     log(msg)
-  monkeypatch.setattr(sources, "load_source", guarded_load)
+  monkeypatch.setattr(loading, "load_source", guarded_load)
   monkeypatch.setattr(context, "log_main", watching_log)
   return state
 
 
+@pytest.mark.long
 def test_tuned_pipeline_end_to_end_rerun_and_change(tmp_path, capsys, guarded_test_split):
   wd = tmp_path / "run"
   cfg = tiny_config(**TUNED)
@@ -331,6 +333,7 @@ def test_tuned_pipeline_end_to_end_rerun_and_change(tmp_path, capsys, guarded_te
 
 
 # ------------------------------------------------------------------------------- the benchmark
+@pytest.mark.long
 def test_auto_and_ablation_methods_respect_the_budget(tmp_path):
   from pca_jax.data.store import load_compressed
   cfg = tiny_config(stages="score,teacher,benchmark")
@@ -383,7 +386,8 @@ def test_configs_with_the_search_load_and_validate():
   from tests.test_main import ROOT
   sys.path.insert(0, ROOT)
   from configs import benchmark_demo, demo_auto
-  from pca_jax.config import PCA_STAGES, base_config, parse_stages, validate
+  from pca_jax.checks import validate
+  from pca_jax.config import PCA_STAGES, base_config, parse_stages
   from pca_jax.pca.tune import candidates
   c = demo_auto.get_config()
   validate(c)

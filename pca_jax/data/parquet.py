@@ -35,7 +35,8 @@ from pca_jax import fs
 from pca_jax.data.sources import DataError, decode_image
 from pca_jax.data.store import load_compressed
 
-IMAGE_COLUMN, LABEL_COLUMN = "image", "class_id"
+IMAGE_COLUMN, LABEL_COLUMN = "image", "class_id"   # what export_parquet writes
+LABEL_COLUMNS = ("label", "class_id")   # recognised label columns, in order, when none is named
 METADATA_KEY = b"huggingface"
 # a Hugging Face Image feature's storage type (datasets.Image.pa_type)
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -98,19 +99,61 @@ def _open(f: fs.Path) -> pq.ParquetFile:
     raise DataError(f"cannot read {f} as parquet ({e}); delete it or download it again") from None
 
 
-def _class_label_names(schema: pa.Schema) -> list[str] | None:
-  """The ClassLabel names of class_id from the `datasets` features in the schema metadata."""
+def _class_label_names(schema: pa.Schema, column: str = LABEL_COLUMN) -> list[str] | None:
+  """The ClassLabel names of the label column from the `datasets` features in the schema
+  metadata, or None when it is a plain integer."""
   raw = (schema.metadata or {}).get(METADATA_KEY)
   if not raw:
     return None
   try:
-    feature = json.loads(raw.decode())["info"]["features"][LABEL_COLUMN]
+    feature = json.loads(raw.decode())["info"]["features"][column]
   except (ValueError, KeyError, TypeError, AttributeError):
     return None
   if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" and \
       isinstance(feature.get("names"), list):
     return [str(n) for n in feature["names"]]
   return None
+
+
+def _label_ids(f: fs.Path, ids: pa.ChunkedArray, column: str) -> np.ndarray:
+  """A file's class ids, int64 [rows]: none missing, none negative."""
+  if ids.null_count:
+    row = int(np.flatnonzero(np.asarray(ids.is_null()))[0])
+    raise DataError(f"{f}: row {row} has no {column}; every image needs a class id")
+  ids = ids.to_numpy().astype(np.int64)
+  if ids.size and ids.min() < 0:
+    row = int(np.argmax(ids < 0))
+    raise DataError(f"{f}: row {row} has {column} {int(ids[row])}; class ids must be >= 0 (the "
+                    "class index), fix the file or use the published one")
+  return ids
+
+
+def _image_bytes(f: fs.Path, chunk: pa.Array, first_row: int) -> pa.Array:
+  """The encoded image bytes of one chunk of an image column (a struct {bytes, path} or plain
+  binary), every row with bytes."""
+  data = chunk.field("bytes") if pa.types.is_struct(chunk.type) else chunk
+  if data.null_count:
+    j = int(np.flatnonzero(np.asarray(data.is_null()))[0])
+    path = chunk.field("path")[j].as_py() if pa.types.is_struct(chunk.type) else None
+    raise DataError(f"{f}: row {first_row + j} has no image bytes (path {path!r}); the images "
+                    "must be embedded in the parquet file: download the hub dataset again")
+  return data
+
+
+def class_names_of(root: fs.PathLike, split: str = "train", label_column: str = "") -> list[str]:
+  """A split's class names without reading its images: the ClassLabel names of its first file,
+  else "0" .. the largest id of the label column (read alone)."""
+  files = split_files(root, split)
+  schema = _open(files[0]).schema_arrow
+  column = label_column or next((c for c in LABEL_COLUMNS if c in schema.names), LABEL_COLUMNS[0])
+  names = _class_label_names(schema, column)
+  if names is not None:
+    return names
+  top = -1
+  for f in files:
+    ids = _open(f).read(columns=[column]).column(column).drop_null().to_numpy()
+    top = max(top, int(ids.max()) if ids.size else -1)
+  return [str(i) for i in range(top + 1)]
 
 
 class ParquetSource:
@@ -133,9 +176,11 @@ class ParquetSource:
   `has_class_names` False (the caller checks ids against the source dataset's classes).
   """
 
-  def __init__(self, root: fs.PathLike, split: str = "train"):
+  def __init__(self, root: fs.PathLike, split: str = "train", image_column: str = IMAGE_COLUMN,
+               label_column: str = ""):
     self.root, self.split = fs.path(root), split
     self.files = split_files(self.root, split)
+    self.image_column, self._label_column = image_column, label_column
     chunks: list[pa.Array] = []   # binary image bytes, one array per file row group chunk
     chunk_file: list[int] = []    # index into self.files of each chunk
     chunk_row: list[int] = []     # row of the chunk's first element within its file
@@ -143,61 +188,58 @@ class ParquetSource:
     names: list[str] | None = None
     for k, f in enumerate(self.files):
       pf = _open(f)
-      schema = pf.schema_arrow
-      missing = [c for c in (IMAGE_COLUMN, LABEL_COLUMN) if c not in schema.names]
-      if missing:
-        raise DataError(f"{f} has columns {schema.names}, expected {IMAGE_COLUMN!r} (struct "
-                        f"{{bytes, path}}) and {LABEL_COLUMN!r} (int); {', '.join(missing)} "
-                        "missing: rename the columns or pass the reference's parquet export")
-      image_type, label_type = schema.field(IMAGE_COLUMN).type, schema.field(LABEL_COLUMN).type
-      if not (pa.types.is_struct(image_type) and image_type.get_field_index("bytes") >= 0) and \
-          not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)):
-        raise DataError(f"{f}: column {IMAGE_COLUMN!r} is {image_type}, expected a struct with "
-                        "a 'bytes' field (a Hugging Face Image feature with embedded images)")
-      if not pa.types.is_integer(label_type):
-        raise DataError(f"{f}: column {LABEL_COLUMN!r} is {label_type}, expected integer class "
-                        "ids; write the class index of each image there")
-      file_names = _class_label_names(schema)
+      label_column = self._check_schema(f, pf.schema_arrow)
+      file_names = _class_label_names(pf.schema_arrow, label_column)
       if k == 0:
         names = file_names
       elif file_names != names:
         raise DataError(f"{f} has other ClassLabel names in its metadata than {self.files[0]}; "
                         "all files of a split must come from one dataset, download it again")
-      table = pf.read(columns=[IMAGE_COLUMN, LABEL_COLUMN])
-      ids = table.column(LABEL_COLUMN)
-      if ids.null_count:
-        row = int(np.flatnonzero(np.asarray(ids.is_null()))[0])
-        raise DataError(f"{f}: row {row} has no {LABEL_COLUMN}; every image needs a class id")
-      ids = ids.to_numpy().astype(np.int64)
-      if ids.size and ids.min() < 0:
-        row = int(np.argmax(ids < 0))
-        raise DataError(f"{f}: row {row} has {LABEL_COLUMN} {int(ids[row])}; class ids must be "
-                        ">= 0 (the class index), fix the file or use the published one")
-      labels.append(ids)
+      table = pf.read(columns=[self.image_column, label_column])
+      labels.append(_label_ids(f, table.column(label_column), label_column))
       row = 0
-      for chunk in table.column(IMAGE_COLUMN).chunks:
-        data = chunk.field("bytes") if pa.types.is_struct(chunk.type) else chunk
-        if data.null_count:
-          j = int(np.flatnonzero(np.asarray(data.is_null()))[0])
-          path = chunk.field("path")[j].as_py() if pa.types.is_struct(chunk.type) else None
-          raise DataError(f"{f}: row {row + j} has no image bytes (path {path!r}); the images "
-                          "must be embedded in the parquet file: download the hub dataset again")
-        chunks.append(data)
+      for chunk in table.column(self.image_column).chunks:
+        chunks.append(_image_bytes(f, chunk, row))
         chunk_file.append(k)
         chunk_row.append(row)
         row += len(chunk)
     self._chunks, self._chunk_file, self._chunk_row = chunks, chunk_file, chunk_row
     self._starts = np.cumsum([0] + [len(c) for c in chunks], dtype=np.int64)
     self._labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    self._set_class_names(names)
+    self.name = f"parquet:{self.root}/{split}"
+
+  def _check_schema(self, f: fs.Path, schema: pa.Schema) -> str:
+    """The label column of file f (label_column, else "label", else "class_id"), after checking
+    that the image and label columns are there and of the right types."""
+    label_column = self._label_column or next(
+        (c for c in LABEL_COLUMNS if c in schema.names), LABEL_COLUMNS[0])
+    missing = [c for c in (self.image_column, label_column) if c not in schema.names]
+    if missing:
+      raise DataError(f"{f} has columns {schema.names}, expected {self.image_column!r} (struct "
+                      f"{{bytes, path}}) and {label_column!r} (int); {', '.join(missing)} "
+                      "missing: name the columns with --config.data.image_column / "
+                      "--config.data.label_column")
+    image_type = schema.field(self.image_column).type
+    label_type = schema.field(label_column).type
+    if not (pa.types.is_struct(image_type) and image_type.get_field_index("bytes") >= 0) and \
+        not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)):
+      raise DataError(f"{f}: column {self.image_column!r} is {image_type}, expected a struct with "
+                      "a 'bytes' field (a Hugging Face Image feature with embedded images)")
+    if not pa.types.is_integer(label_type):
+      raise DataError(f"{f}: column {label_column!r} is {label_type}, expected integer class "
+                      "ids; write the class index of each image there")
+    return label_column
+
+  def _set_class_names(self, names: list[str] | None) -> None:
     max_id = int(self._labels.max()) if self._labels.size else -1
     if names is not None:
       if max_id >= len(names):
-        raise DataError(f"{self.root}: {LABEL_COLUMN} {max_id} is out of range for the "
+        raise DataError(f"{self.root}: class id {max_id} is out of range for the "
                         f"{len(names)} ClassLabel names in the metadata; download it again")
       self.class_names, self.has_class_names = names, True
     else:
       self.class_names, self.has_class_names = [str(i) for i in range(max_id + 1)], False
-    self.name = f"parquet:{self.root}/{split}"
 
   num_classes = property(lambda self: len(self.class_names))
   labels = property(lambda self: self._labels)

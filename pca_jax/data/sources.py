@@ -244,6 +244,45 @@ def demo_source(split: str = "train", image_size: int = 16, test_fraction: float
                      [str(i) for i in range(10)], name=f"demo_digits/{split}")
 
 
+class SyntheticSource:
+  """Generated images of a dataset's shape: counts[c] examples of class c (in class order), each
+  image drawn on read from (seed, index): a per-class colour and stripe pattern plus noise, so a
+  model can learn it in a few steps. The rehearsal (pca_jax.rehearsal) runs a config on it with
+  the real dataset's class count and class sizes; nothing is held in memory but the labels."""
+
+  def __init__(self, counts, image_size: int, seed: int = 0, name: str = "synthetic",
+               class_names: Sequence[str] | None = None):
+    counts = np.asarray(counts, np.int64)
+    if counts.ndim != 1 or counts.size == 0 or counts.min() < 1:
+      raise DataError(f"synthetic data needs >= 1 example in every class, got counts {counts}")
+    self._labels = np.repeat(np.arange(len(counts)), counts)
+    self.image_size, self.seed, self.name = int(image_size), int(seed), name
+    self.class_names = list(class_names) if class_names is not None else \
+        [f"class_{c:04d}" for c in range(len(counts))]
+    palette = np.random.default_rng(1_000_003 + len(counts))
+    self._colours = palette.integers(40, 216, (len(counts), 3))
+    self._periods = palette.integers(2, max(3, self.image_size // 2) + 1, len(counts))
+
+  num_classes = property(lambda self: len(self.class_names))
+  labels = property(lambda self: self._labels)
+
+  def __len__(self):
+    return len(self._labels)
+
+  def read(self, i, min_side: int = 0):
+    del min_side
+    i = int(i)
+    c = int(self._labels[i])
+    rng = np.random.default_rng((self.seed, i))
+    s = self.image_size
+    stripes = (np.arange(s) // self._periods[c]) % 2
+    image = self._colours[c] * (0.6 + 0.4 * stripes[:, None, None]) + rng.normal(0, 24, (s, s, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), c
+
+  def __getitem__(self, i):
+    return self.read(i)
+
+
 class ImageFolderSource:
   """root/<class>/<image> trees (torchvision ImageFolder order: sorted class names, sorted files)."""
 
@@ -378,27 +417,3 @@ class TfdsSource:
 
   def __getitem__(self, i):
     return self.read(i)
-
-
-SOURCES = ("demo", "tfds", "imagefolder")
-
-
-def load_source(data_config: Any, split: str | None = None):
-  """Builds the source named by `data_config.source` for `split` (default: the train split).
-
-  Fields used: source ("demo" | "tfds" | "imagefolder"), train_split, tfds_name, data_dir
-  (ImageFolder: root holding one folder per split), skip_corrupt, demo_image_size.
-  """
-  kind = data_config.source
-  split = split or data_config.train_split
-  if kind == "demo":
-    return demo_source(split, image_size=data_config.get("demo_image_size", 16))
-  if kind == "tfds":
-    return TfdsSource(data_config.tfds_name, split, data_config.get("data_dir") or None)
-  if kind == "imagefolder":
-    if not data_config.get("data_dir"):
-      raise DataError("data.source='imagefolder' needs --config.data.data_dir=<root with "
-                      f"{split}/<class>/<image> folders>")
-    return ImageFolderSource(fs.join(data_config.data_dir, split),
-                             skip_corrupt=data_config.get("skip_corrupt", False))
-  raise DataError(f"unknown data.source {kind!r}; choose one of {SOURCES}")

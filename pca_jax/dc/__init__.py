@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pca_jax.dc import stages
 from pca_jax.dc.plan import needs_teacher
-from pca_jax.pca import EVAL_DATA, TRAIN_DATA
+from pca_jax.config import EVAL_DATA, TRAIN_DATA
 from pca_jax.runner import Stage
 
 STAGES = (

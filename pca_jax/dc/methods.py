@@ -107,9 +107,14 @@ def _random(run, ctx, per_class, grid, seed):
 
 
 def _pruned(score: str, mode: str) -> Callable:
+  """A set of the easiest / hardest images by `score`; ties in score are broken by a draw seeded
+  from config.seed, the score and the mode (the same for every method ranking this way, so pca at
+  1x1 keeps el2n_easy's images)."""
   def build(run, ctx, per_class, grid, seed):
+    import jax
     from pca_jax.selection import select_per_class
-    idx = select_per_class(ctx.scores(score), run.train_source.labels, per_class, mode,
+    key = jax.random.key(rng.derive_seed(run.config.seed, "ties", score, mode))
+    idx = select_per_class(ctx.scores(score), run.train_source.labels, per_class, mode, key=key,
                            num_classes=run.train_source.num_classes)
     return _from_indices(run, idx, grid)
   return build
@@ -128,11 +133,13 @@ def _synthetic(cda: bool) -> Callable:
 
 
 _SYNTHESIS_FIELDS = ("benchmark.synthesis",)
+_TIES = ("seed",)   # the ranking's ties are broken by a draw seeded from config.seed
 
 
 METHODS: dict[str, Method] = {
     "random": Method("random", _random, seeded=True),
-    **{f"{score}_{mode}": Method(f"{score}_{mode}", _pruned(score, mode), score=score)
+    **{f"{score}_{mode}": Method(f"{score}_{mode}", _pruned(score, mode), score=score,
+                                 fields=_TIES)
        for score in scoring.SCORES for mode in ("easy", "hard")},
     "sre2l": Method("sre2l", _synthetic(cda=False), teacher=True, seeded=True,
                     distinct_images=False, fields=_SYNTHESIS_FIELDS),
@@ -141,7 +148,8 @@ METHODS: dict[str, Method] = {
     "rded": Method("rded", _rded, grids="rded", teacher=True, seeded=True,
                    fields=("benchmark.rded_mipc", "benchmark.rded_num_crop",
                            "benchmark.rded_factor")),
-    "pca": Method("pca", _pruned("el2n", "easy"), grids="sweep", crop="patch", score="el2n"),
+    "pca": Method("pca", _pruned("el2n", "easy"), grids="sweep", crop="patch", score="el2n",
+                  fields=_TIES),
 }
 
 
@@ -163,7 +171,7 @@ _CCS_FIELDS = ("benchmark.ccs_score", "benchmark.ccs_beta", "benchmark.ccs_strat
 METHODS.update({
     "ccs": Method("ccs", _ccs, score="benchmark.ccs_score", seeded=True, fields=_CCS_FIELDS),
     **{f"pca_{score}": Method(f"pca_{score}", _pruned(score, "easy"), grids="combine",
-                              crop="patch", score=score)
+                              crop="patch", score=score, fields=_TIES)
        for score in ("entropy", "forgetting", "aum")},
     "pca_ccs": Method("pca_ccs", _ccs, grids="combine", crop="patch", score="benchmark.ccs_score",
                       seeded=True, fields=_CCS_FIELDS),
@@ -182,12 +190,8 @@ METHODS.update({
     "combine_random": Method("combine_random", _random, grids="combine", crop="patch",
                              seeded=True),
     "pca_rrc": Method("pca_rrc", _pruned("el2n", "easy"), grids="combine", crop="rrc",
-                      score="el2n"),
+                      score="el2n", fields=_TIES),
     "pca_auto": Method("pca_auto", _auto, crop="patch", score="el2n", seeded=True,
                        fields=AUTO_FIELDS, searches=True),
 })
 
-
-def needs_scores(bench) -> bool:
-  from pca_jax.dc.plan import method_names
-  return any(METHODS[m].score for m in method_names(bench) if m in METHODS)

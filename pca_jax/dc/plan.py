@@ -1,8 +1,11 @@
-"""Which benchmark cells to run: method x grid x IPC x label mode x seed x resolution."""
+"""Which benchmark cells to run (method x grid x IPC x label mode x seed x resolution), what
+the benchmark needs (scores, a teacher), and the benchmark block's checks."""
 
 from __future__ import annotations
 
 from typing import Sequence
+
+from pca_jax.dc.methods import EXTERNAL, METHODS
 
 LABEL_MODES = ("hard", "soft")
 
@@ -13,9 +16,13 @@ def method_names(bench) -> list[str]:
 
 def needs_teacher(bench) -> bool:
   """A teacher is trained (or loaded) when soft labels are asked for or a method needs one."""
-  from pca_jax.dc.methods import METHODS
   return "soft" in tuple(bench.label_modes) or any(
       METHODS[m].teacher for m in method_names(bench) if m in METHODS)
+
+
+def needs_scores(bench) -> bool:
+  """The score stage's outputs are read when some method ranks by a score."""
+  return any(METHODS[m].score for m in method_names(bench) if m in METHODS)
 
 
 def cell_id(c: dict) -> str:
@@ -33,7 +40,6 @@ def plan_cells(bench, combine_grid: Sequence[int], image_size: int,
   PCA grid, or every grid of the sweep (bench.grids); external runs once per given set at its own
   IPC. Resolutions other than "full" apply to mosaics with square cells only.
   """
-  from pca_jax.dc.methods import EXTERNAL, METHODS
   methods = method_names(bench)
   for m in methods:
     if m not in METHODS and m != EXTERNAL:
@@ -70,3 +76,46 @@ def plan_cells(bench, combine_grid: Sequence[int], image_size: int,
                   c["resolution"] = res
                 cells.append(c)
   return cells, skipped
+
+
+def check_benchmark_block(config) -> None:
+  """The benchmark block, for runs with the benchmark stage: the plan (methods, label modes,
+  grids), RDED's and the recovery's numbers, the eval cadence, CCS."""
+  from pca_jax.config import check_int_at_least, check_positive_int
+  from pca_jax.dc.synthesis import check_synthesis_block
+  from pca_jax.scoring import SCORES
+  from pca_jax.selection import check_ccs_fields
+  bench = config.benchmark
+  for field in ("rded_mipc", "rded_num_crop", "rded_factor", "soft_label_bytes_per_value"):
+    check_positive_int(f"benchmark.{field}", bench[field])
+  cells, _ = plan_cells(bench, tuple(config.combine.grid), config.data.image_size, {"x": 1})
+  rded = [c for c in cells if c["method"] == "rded"]
+  if rded:
+    need = max(c["ipc"] for c in rded) * bench.rded_factor ** 2
+    if need > bench.rded_mipc:
+      raise ValueError(f"benchmark.rded_mipc={bench.rded_mipc} candidate images per class, but "
+                       f"rded at IPC {max(c['ipc'] for c in rded)} stitches ipc x rded_factor^2 = "
+                       f"{need} crops of distinct images per class; set benchmark.rded_mipc >= "
+                       f"{need} or drop that IPC")
+  check_synthesis_block(bench.synthesis)
+  check_int_at_least("benchmark.eval_every_epochs", bench.eval_every_epochs, 0,
+                     " (0 = final evaluation only)")
+  if bench.ccs_score not in SCORES:
+    raise ValueError(f"unknown benchmark.ccs_score {bench.ccs_score!r}; choose one of "
+                     f"{tuple(SCORES)}")
+  check_ccs_fields("benchmark", bench.ccs_beta, bench.ccs_strata)
+  _check_precomputed_scores(config)
+
+
+def _check_precomputed_scores(config) -> None:
+  """With score.scores_path the score stage writes only that one score, as score.kind: every
+  method must rank by it."""
+  if not config.score.scores_path:
+    return
+  for name in method_names(config.benchmark):
+    score = METHODS[name].score_name(config) if name in METHODS else None
+    if score and score != config.score.kind:
+      raise ValueError(f"benchmark method {name} ranks by {score} scores, but score.scores_path "
+                       f"gives only precomputed {config.score.kind} scores (score.kind); drop "
+                       f"{name} from benchmark.methods, set score.kind to the scores' kind, or "
+                       "leave score.scores_path empty to compute every score")

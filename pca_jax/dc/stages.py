@@ -14,14 +14,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+import time
 
 import numpy as np
 
 from pca_jax import fs, rng
-from pca_jax.config import config_values, fingerprint
+from pca_jax.config import EVAL_DATA, TRAIN_DATA, config_values, fingerprint
 from pca_jax.dc import tables
-from pca_jax.dc.methods import EXTERNAL, METHODS, needs_scores
-from pca_jax.dc.plan import cell_id, needs_teacher, plan_cells
+from pca_jax.dc.methods import EXTERNAL, METHODS
+from pca_jax.dc.plan import cell_id, method_names, needs_scores, needs_teacher, plan_cells
+from pca_jax.tracking import Tracker
 
 TABLES = ("benchmark.csv", "benchmark.md", "benchmark.json", "benchmark.png")
 
@@ -66,9 +68,28 @@ def teacher_derived(config) -> dict:
                                   max((fs.file_stats(q)[1] for q in files), default=0)]}
 
 
+def own_teacher_note(config, num_classes: int) -> str:
+  """For an ImageNet-sized run with soft labels and no given teacher: the line saying that the
+  soft-label rows come from pca_jax's own teacher, not the reference's; else ""."""
+  bench, data = config.benchmark, config.data
+  imagenet = num_classes >= 1000 or "imagenet2012" in (
+      data.tfds_name if data.source == "tfds" else data.get("synthetic_of", ""))
+  if not imagenet or "soft" not in tuple(bench.label_modes) or bench.teacher_weights or \
+      bench.teacher_workdir:
+    return ""
+  return (f"the soft labels come from pca_jax's own teacher ({bench.teacher.epochs} epochs of "
+          f"{config.model.name} trained by the teacher stage), not the reference benchmark's "
+          "(torchvision's pretrained ResNet-18): soft rows are not comparable with the paper's; "
+          "pass --config.benchmark.teacher_weights=/path/resnet18-f37072fd.pth for those")
+
+
 def check_teacher(run) -> None:
-  """Up front: at most one given teacher, and it exists."""
+  """Up front: at most one given teacher, and it exists; an ImageNet-sized run that trains its
+  own soft-label teacher says so (own_teacher_note)."""
   bench = run.config.benchmark
+  note = own_teacher_note(run.config, run.train_source.num_classes)
+  if note:
+    run.log(f"[teacher] NOTE: {note}")
   if bench.teacher_weights and bench.teacher_workdir:
     raise ValueError("benchmark.teacher_weights and benchmark.teacher_workdir are both set; give "
                      "one teacher")
@@ -198,7 +219,6 @@ class SetContext:
 def set_fingerprint(run, stage, method: str, ipc: int, grid, seed: int) -> str:
   """A set depends on its method, budget and seed (if seeded), the training data, how images are
   fit into cells, the method's own fields, and the ids of the score / teacher outputs it read."""
-  from pca_jax.pca import TRAIN_DATA
   m = METHODS[method]
   upstream = {}
   if m.score:
@@ -273,7 +293,6 @@ def _periodic_eval(config) -> list:
 
 
 def cell_fingerprint(run, stage, set_identity: str, mc, label: str) -> str:
-  from pca_jax.pca import EVAL_DATA
   teacher = stage.upstream["teacher"]["id"] if label == "soft" else None
   return fingerprint("cell", set_identity, config_values(mc, ("model", "train")),
                      config_values(run.config, EVAL_DATA), teacher, *_periodic_eval(run.config))
@@ -284,7 +303,6 @@ def benchmark_derived(config) -> dict:
   the eval cadence, which IGNORED_FIELDS drops from the `benchmark` field group, so that turning
   it on reruns the stage (and with it every cell, see cell_fingerprint), and, when a method runs
   the tune search (pca_auto), the fields it reads that the stage's fields leave out."""
-  from pca_jax.dc.plan import method_names
   every = int(config.benchmark.get("eval_every_epochs", 0))
   searches = [m for m in method_names(config.benchmark) if m in METHODS and METHODS[m].searches]
   search = config_values(config, ("tune", "select.order", "data.eval_crop_fraction")) \
@@ -316,9 +334,10 @@ def _cell_data(run, stage, ctx, cache, cell, externals) -> tuple[np.ndarray, np.
   return build_set(run, stage, ctx, cache, method, cell["ipc"], cell["grid"], cell["seed"])
 
 
-def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> dict:
-  """Trains and evaluates one cell, or returns its row if it was made under the same fingerprint
-  (checked before the set is built or loaded: a cached IPC100 cell at 224px reads no 15 GB set)."""
+def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> tuple[dict, bool]:
+  """(row, cached): trains and evaluates one cell, or returns its row if it was made under the
+  same fingerprint (checked before the set is built or loaded: a cached IPC100 cell at 224px
+  reads no 15 GB set)."""
   from pca_jax.training import InMemoryData, train
   from pca_jax.training.views import view_sizes
   cfg = run.config
@@ -330,7 +349,7 @@ def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> dict:
   cached = cache.rows.get(out.name)
   if cached is not None:
     if cached.get("fingerprint") == fp:
-      return cached
+      return cached, True
     fs.remove(out / "row.json")  # made from other inputs: the trainer drops its stale checkpoints
   images, labels, manifest = _cell_data(run, stage, ctx, cache, cell, externals)
   grid, search = tuple(cell["grid"]), manifest.get("tune")
@@ -340,11 +359,10 @@ def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> dict:
     grid = tuple(choice["grid"])
     mc = cell_trainer_config(run, {**cell, "grid": grid, "resolution": choice["resolution"]},
                              choice["crop"])
-  run.log(f"[benchmark] cell {cid}")
   num_classes = run.train_source.num_classes
   _, m = train(mc, out, InMemoryData(images, labels, num_classes), run.eval_source, desc=cid,
                log=run.log, teacher=teacher_fn() if cell["label"] == "soft" else None,
-               fingerprint=fp)
+               fingerprint=fp, save_final=False)
   # best of the periodic evaluations (kept in metrics.jsonl across a resume) and the final one
   history = out / "metrics.jsonl"
   evals = tables.periodic_evals(history.read_text() if history.exists() else "", m["steps"])
@@ -368,16 +386,28 @@ def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> dict:
     row.update(chosen=choice["name"], chosen_grid=list(grid),
                chosen_resolution=choice["resolution"], chosen_crop=choice["crop"],
                chosen_val_top1=choice["val_top1_mean"], search_wall_s=search["search_wall_s"])
+  _track_cell(out, cfg, cid, row, m["steps"])
   fs.save_json(out / "row.json", row)
-  run.log(f"[benchmark] {cid}: top-1 {row['top1']:.2f}% (best {best:.2f}% at epoch "
-          f"{row['top1_best_epoch']})")
-  return row
+  return row, False
+
+
+def _track_cell(out, cfg, cid: str, row: dict, steps: int) -> None:
+  """benchmark/top1 and benchmark/best_top1 of a cell, with its identity as hparams
+  (TensorBoard's HPARAMS tab; W&B's config and summary)."""
+  tracker = Tracker(out, cfg.get("log"), name=cid)
+  try:
+    tracker.result({k: (row[k] if not isinstance(row[k], list) else "x".join(map(str, row[k])))
+                    for k in ("method", "ipc", "label", "seed", "grid", "resolution")
+                    if k in row},
+                   {"benchmark/top1": row["top1"], "benchmark/best_top1": row["top1_best"]},
+                   steps)
+  finally:
+    tracker.close()
 
 
 def check_benchmark(run) -> None:
   """Up front: the plan is valid, every score a method reads is computed, every external set
   exists."""
-  from pca_jax.dc.plan import method_names
   from pca_jax.scoring import SCORES
   cfg = run.config
   for name in method_names(cfg.benchmark):
@@ -405,27 +435,79 @@ def benchmark_needs(config) -> tuple[str, ...]:
       (("teacher",) if needs_teacher(config.benchmark) else ())
 
 
-def stage_benchmark(run, stage) -> dict:
-  """Runs every planned cell (cached ones are reused); writes the tables and the plot."""
-  cfg = run.config
-  bench = cfg.benchmark
-  externals = {name: load_external(run, p) for name, p in external_paths(cfg).items()}
-  ext_ipc = {name: int(np.bincount(labels).max()) for name, (_, labels) in externals.items()}
-  cells, skipped = plan_cells(bench, cfg.combine.grid, cfg.data.image_size, ext_ipc)
-  ctx = SetContext(run)
-  cache = BenchmarkCache(run)
+def _eta(seconds: float) -> str:
+  return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _run_cells(run, stage, cells: list[dict], skipped: list[dict], externals) -> list[dict]:
+  """Every planned cell that fits the data (cached ones are read back), one line per cell with
+  its top-1, its time and the ETA of the stage (the mean time of the cells trained so far times
+  the cells left). Cells needing more distinct images per class than the smallest class has are
+  added to `skipped`."""
+  ctx, cache = SetContext(run), BenchmarkCache(run)
   run.barrier("pca_jax_benchmark_cache_read")  # nobody writes before every process has read
   smallest = int(np.bincount(run.train_source.labels).min())
-  rows = []
+  rows, trained_s, trained = [], 0.0, 0
   for i, cell in enumerate(cells):
     need = cell["ipc"] * cell["grid"][0] * cell["grid"][1]
     if cell["method"] in METHODS and not METHODS[cell["method"]].fits(smallest, need):
       skipped.append({**cell, "reason": f"needs {need} images per class, smallest class has "
                                         f"{smallest}"})
       continue
-    run.log(f"[benchmark] {i + 1}/{len(cells)}: {cell_id(cell)}")
-    rows.append(run_cell(run, stage, ctx, cache, cell, externals, ctx.teacher))
+    t0 = time.time()
+    row, cached = run_cell(run, stage, ctx, cache, cell, externals, ctx.teacher)
+    rows.append(row)
+    wall = time.time() - t0
+    if not cached:
+      trained_s, trained = trained_s + wall, trained + 1
+    left = len(cells) - i - 1
+    eta = f"; ETA {_eta(trained_s / trained * left)}" if trained and left else ""
+    best = (f" (best {row['top1_best']:.2f}% at epoch {row['top1_best_epoch']})"
+            if row.get("top1_best") is not None and row["top1_best"] != row["top1"] else "")
+    run.log(f"[benchmark] {i + 1}/{len(cells)} {cell_id(cell)}: top-1 {row['top1']:.2f}%{best}, "
+            + ("cached" if cached else f"{wall:.1f} s") + eta)
+  return rows
 
+
+def _not_run_lines(skipped: list[dict]) -> list[str]:
+  """One line per (method, grid, ipc) that did not run, whatever the label modes and seeds."""
+  lines = []
+  for s in skipped:
+    line = (f"- {s['method']} grid {s['grid'][0]}x{s['grid'][1]}"
+            + (f" IPC {s['ipc']}" if "ipc" in s else "") + f": {s['reason']}")
+    if line not in lines:
+      lines.append(line)
+  return lines
+
+
+def _benchmark_markdown(run, agg, rows, skipped, title: str, full_top1, why: str) -> str:
+  """benchmark.md: the tables, what did not run, notes on the teacher and the protocol."""
+  cfg = run.config
+  every = int(cfg.benchmark.get("eval_every_epochs", 0))
+  parts = [tables.markdown_table(agg, title), tables.best_table(agg, every),
+           tables.dd_ranking_table(agg, full_top1, why), tables.grid_table(agg),
+           tables.resolution_table(agg), tables.search_table(rows)]
+  md = "\n".join(p for p in parts if p)
+  if skipped:
+    md += "\nNot run:\n\n" + "\n".join(_not_run_lines(skipped)) + "\n"
+  note = own_teacher_note(cfg, run.train_source.num_classes)
+  if note:
+    md += f"\n**Note:** {note}.\n"
+  return md + (
+      f"\nSeeds: {list(cfg.benchmark.seeds)} (mean ± sample std when > 1). Soft labels: KL to "
+      f"the teacher at T={cfg.train.temperature} on every view, CutMix alpha "
+      f"{cfg.train.cutmix_alpha}. Every method trains the same student with the same schedule; "
+      "pca, pca_<prune> and combine_random use patch-constrained crops, pca_auto the crops its "
+      "search chose, the others RandomResizedCrop of the stored image.\n")
+
+
+def stage_benchmark(run, stage) -> dict:
+  """Runs every planned cell (cached ones are reused); writes the tables and the plot."""
+  cfg = run.config
+  externals = {name: load_external(run, p) for name, p in external_paths(cfg).items()}
+  ext_ipc = {name: int(np.bincount(labels).max()) for name, (_, labels) in externals.items()}
+  cells, skipped = plan_cells(cfg.benchmark, cfg.combine.grid, cfg.data.image_size, ext_ipc)
+  rows = _run_cells(run, stage, cells, skipped, externals)
   # DD-Ranking's full-data accuracy: the teacher's (same model, full train split, same test split)
   teacher = stage.upstream.get("teacher")
   full_top1 = ((teacher or {}).get("summary") or {}).get("eval_top1")
@@ -434,30 +516,14 @@ def stage_benchmark(run, stage) -> dict:
          else "the teacher stage recorded no test top-1 for its given teacher")
   rows = tables.with_dd_ranking(rows, full_top1)
   agg = tables.aggregate(rows)
-  every = int(bench.get("eval_every_epochs", 0))
   title = f"DC benchmark: {run.train_source.name}, {cfg.model.name} (width {cfg.model.width}), " \
           f"{cfg.train.epochs} epochs, final test top-1 % (after the last epoch)"
-  parts = [tables.markdown_table(agg, title), tables.best_table(agg, every),
-           tables.dd_ranking_table(agg, full_top1, why), tables.grid_table(agg),
-           tables.resolution_table(agg), tables.search_table(rows)]
-  md = "\n".join(p for p in parts if p)
-  if skipped:
-    lines = []
-    for s in skipped:  # one line per (method, grid, ipc), whatever the label modes and seeds
-      line = (f"- {s['method']} grid {s['grid'][0]}x{s['grid'][1]}"
-              + (f" IPC {s['ipc']}" if "ipc" in s else "") + f": {s['reason']}")
-      if line not in lines:
-        lines.append(line)
-    md += "\nNot run:\n\n" + "\n".join(lines) + "\n"
-  md += (f"\nSeeds: {list(bench.seeds)} (mean ± sample std when > 1). Soft labels: KL to the "
-         f"teacher at T={cfg.train.temperature} on every view, CutMix alpha "
-         f"{cfg.train.cutmix_alpha}. Every method trains the same student with the same schedule; "
-         "pca, pca_<prune> and combine_random use patch-constrained crops, pca_auto the crops "
-         "its search chose, the others RandomResizedCrop of the stored image.\n")
   tables.write_csv(rows, run.path("benchmark.csv"))
-  fs.save_text(run.path("benchmark.md"), md)
+  fs.save_text(run.path("benchmark.md"),
+               _benchmark_markdown(run, agg, rows, skipped, title, full_top1, why))
   fs.save_json(run.path("benchmark.json"), {
-      "rows": rows, "aggregate": agg, "skipped": skipped, "eval_every_epochs": every,
+      "rows": rows, "aggregate": agg, "skipped": skipped,
+      "eval_every_epochs": int(cfg.benchmark.get("eval_every_epochs", 0)),
       "dd_ranking": {"accuracy": tables.DD_RANKING_ACCURACY, "full_data_top1": full_top1,
                      "full_data_missing": why}})
   if agg:

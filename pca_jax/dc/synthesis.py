@@ -37,6 +37,23 @@ from pca_jax import augment, parallel, rng
 CDA_FINAL_MIN_SCALE = 0.08
 
 
+def check_synthesis_block(syn) -> None:
+  """benchmark.synthesis (sre2l / cda): every number in range."""
+  from pca_jax.config import (check_int_at_least, check_number, check_positive_int,
+                              check_unit_interval_pair)
+  check_positive_int("benchmark.synthesis.iterations", syn.iterations)
+  check_positive_int("benchmark.synthesis.batch_size", syn.batch_size)
+  check_int_at_least("benchmark.synthesis.jitter", syn.jitter, 0, " (pixels at 224 px)")
+  for field, ok, allowed in (("lr", lambda v: v > 0, "> 0"), ("r_bn", lambda v: v >= 0, ">= 0"),
+                             ("first_bn_multiplier", lambda v: v >= 0, ">= 0"),
+                             ("cda_milestone", lambda v: 0 < v <= 1, "in (0, 1]")):
+    check_number(f"benchmark.synthesis.{field}", syn[field], ok, allowed)
+  betas = tuple(syn.betas)
+  if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+    raise ValueError(f"benchmark.synthesis.betas must be two numbers in [0, 1), got {betas}")
+  check_unit_interval_pair("benchmark.synthesis.crop_scale", syn.crop_scale)
+
+
 def _is_batch_norm(module: Any) -> bool:
   from pca_jax.models.resnet import BatchNorm
   return isinstance(module, (BatchNorm, nn.BatchNorm))

@@ -2,6 +2,9 @@
 
 Accuracies in rows and tables are test top-1 in percent: `top1` after the last epoch, `top1_best`
 the highest of the periodic evaluations (benchmark.eval_every_epochs) and the final one. The
+reference CLI (rethinkdc 0.3.2, train_KD.py) prints the top-1 of each of its evaluations (epoch 0,
+every 50th, the last) and reports no best: its last printed number is `top1`; `top1_best` is
+pca_jax's own summary of the same evaluations (chosen on the test split, so optimistic). The
 DD-Ranking scores (Li et al. 2025) are computed from fractions and stored in percent: `ior` and
 `hlr` in percentage points, `lrs` in percent of its [0, 1] range.
 """
@@ -38,8 +41,7 @@ def periodic_evals(metrics_jsonl: str, before_step: int) -> list[dict]:
 
 def best_top1(evals: list[dict]) -> tuple[float | None, float | None]:
   """(highest eval_top1, the epoch it was first reached) over evaluations in training order,
-  [{"epoch", "eval_top1"}]; (None, None) when there are none. Ties keep the earliest epoch, as
-  the reference benchmark's running `if acc > best` does."""
+  [{"epoch", "eval_top1"}]; (None, None) when there are none. Ties keep the earliest epoch."""
   best, epoch = None, None
   for e in evals:
     if best is None or e["eval_top1"] > best:
@@ -209,8 +211,9 @@ def markdown_table(agg: list[dict], title: str = "") -> str:
 
 
 def best_table(agg: list[dict], eval_every_epochs: int) -> str:
-  """The best top-1 over the periodic evaluations (every eval_every_epochs) and the final one,
-  as the reference PyTorch benchmark reports it; with one seed the epoch of the best follows.
+  """The best top-1 over the periodic evaluations (every eval_every_epochs) and the final one
+  (the reference CLI prints every evaluation and reports none as best; this is pca_jax's
+  summary of them); with one seed the epoch of the best follows.
   Empty without periodic evaluations (best = final then). "n/a": rows cached without it."""
   if not eval_every_epochs or not agg:
     return ""
@@ -223,8 +226,9 @@ def best_table(agg: list[dict], eval_every_epochs: int) -> str:
     return text
   lines = _method_grid(agg, cell, "Best test top-1 %")
   lines[1:1] = ["", f"The highest of the evaluations every {eval_every_epochs} epochs and the "
-                "final one, as the reference benchmark reports it (chosen on the test split, so "
-                "optimistic next to the final top-1 above)."]
+                "final one (chosen on the test split, so optimistic next to the final top-1 above; "
+                "the reference CLI prints each evaluation's top-1, epoch 0, every 50th and the "
+                "last, and reports no best: its last number is the final top-1)."]
   return "\n".join(lines) + "\n"
 
 

@@ -147,6 +147,59 @@ def _bn_bwd(epsilon, dtype, res, cts):
 batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
 
 
+def _example_weights(weights, x):
+  """[N] example weights -> [N, 1, ..., 1] float32, broadcastable against x [N, ...]."""
+  return weights.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _weighted_bn_stats(x, weights):
+  """Per-channel mean and (biased) variance of the examples, each counted `weights` times (a
+  padding example with weight 0 does not count), and the per-position factor w / count."""
+  axes = tuple(range(x.ndim - 1))
+  xf, w = x.astype(jnp.float32), _example_weights(weights, x)
+  count = jnp.maximum(jnp.sum(w) * (x.size // x.shape[0] // x.shape[-1]), 1e-12)
+  mean = jnp.sum(w * xf, axes) / count
+  var = jnp.maximum(jnp.sum(w * xf * xf, axes) / count - mean * mean, 0.0)
+  return mean, var, w / count
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def batch_norm_train_weighted(x, weights, scale, bias, epsilon: float, dtype):
+  """batch_norm_train with the batch statistics over the examples of weight > 0 only, e.g. a
+  compressed set's last batch of an epoch, completed with weight-0 filler images: the filler is
+  normalised with the real images' statistics and enters neither the statistics nor (through
+  them) any real image's output, so the step equals one on the real images alone (the
+  reference trains on a shorter last batch). weights: [N] (0/1 masks or any non-negative);
+  returns (y, mean, var); no gradient flows to the weights."""
+  return _bnw_fwd(x, weights, scale, bias, epsilon, dtype)[0]
+
+
+def _bnw_fwd(x, weights, scale, bias, epsilon, dtype):
+  mean, var, r = _weighted_bn_stats(x, weights)
+  inv = lax.rsqrt(var + epsilon)
+  a = scale * inv
+  y = (x.astype(jnp.float32) * a + (bias - mean * a)).astype(dtype)
+  return (y, mean, var), (x, weights, r, mean, inv, scale)
+
+
+def _bnw_bwd(epsilon, dtype, res, cts):
+  """d x_j = a g_j + r_j (-a S1 - a inv t (x_j - mean) + g_mean + 2 g_var (x_j - mean)), with
+  r_j = w_j / count, S1 = sum g, t = inv sum g (x - mean) (the unweighted form has r = 1 / m)."""
+  del epsilon, dtype
+  x, weights, r, mean, inv, scale = res
+  g, g_mean, g_var = cts
+  axes = tuple(range(x.ndim - 1))
+  xc, gf = x.astype(jnp.float32) - mean, g.astype(jnp.float32)
+  s1 = jnp.sum(gf, axes)                  # d bias
+  t = inv * jnp.sum(gf * xc, axes)        # d scale = sum(g * x_hat)
+  a = scale * inv
+  dx = gf * a + r * (xc * (2.0 * g_var - a * inv * t) + (g_mean - a * s1))
+  return dx.astype(x.dtype), jnp.zeros_like(weights), t.astype(scale.dtype), s1.astype(scale.dtype)
+
+
+batch_norm_train_weighted.defvjp(_bnw_fwd, _bnw_bwd)
+
+
 class BatchNorm(nn.Module):
   """Drop-in for `nn.BatchNorm` as the ResNets use it (same parameter and batch_stats names, so
   checkpoints are interchangeable), with `batch_norm_train`'s closed-form gradient.
@@ -163,7 +216,9 @@ class BatchNorm(nn.Module):
   bias_init: Callable = nn.initializers.zeros_init()
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, weights=None):
+    """weights: [N] example weights for the training statistics (None: every example counts;
+    see batch_norm_train_weighted); unused with running averages."""
     c = x.shape[-1]
     scale = self.param("scale", self.scale_init, (c,), jnp.float32)
     bias = self.param("bias", self.bias_init, (c,), jnp.float32)
@@ -173,7 +228,10 @@ class BatchNorm(nn.Module):
     if self.use_running_average:
       y = (x.astype(jnp.float32) - ra_mean.value) * (scale * lax.rsqrt(ra_var.value + self.epsilon))
       return (y + bias).astype(dtype)
-    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, dtype)
+    if weights is None:
+      y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, dtype)
+    else:
+      y, mean, var = batch_norm_train_weighted(x, weights, scale, bias, self.epsilon, dtype)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * var
@@ -209,17 +267,17 @@ class ResNetBlock(_Block):
   """Basic residual block (two 3x3 convs), used by ResNet-10/18/34."""
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, weights=None):
     x = materialize(x)
     residual = x
     y = self.conv(self.filters, (3, 3), self.strides)(x)
-    y = self.norm()(y)
+    y = self.norm()(y, weights)
     y = materialize(nn.relu(y))
     y = self.conv(self.filters, (3, 3))(y)
-    y = self.last_norm()(y)
+    y = self.last_norm()(y, weights)
     if residual.shape != y.shape:
       residual = self.conv(self.filters, (1, 1), self.strides, name="conv_proj")(residual)
-      residual = self.norm(name="norm_proj")(residual)
+      residual = self.norm(name="norm_proj")(residual, weights)
     return nn.relu(residual + y)
 
 
@@ -227,20 +285,20 @@ class BottleneckResNetBlock(_Block):
   """Bottleneck block (1x1, 3x3, 1x1 with 4x expansion), used by ResNet-50."""
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, weights=None):
     x = materialize(x)
     residual = x
     y = self.conv(self.filters, (1, 1))(x)
-    y = self.norm()(y)
+    y = self.norm()(y, weights)
     y = materialize(nn.relu(y))
     y = self.conv(self.filters, (3, 3), self.strides)(y)
-    y = self.norm()(y)
+    y = self.norm()(y, weights)
     y = materialize(nn.relu(y))
     y = self.conv(self.filters * 4, (1, 1))(y)
-    y = self.last_norm()(y)
+    y = self.last_norm()(y, weights)
     if residual.shape != y.shape:
       residual = self.conv(self.filters * 4, (1, 1), self.strides, name="conv_proj")(residual)
-      residual = self.norm(name="norm_proj")(residual)
+      residual = self.norm(name="norm_proj")(residual, weights)
     return nn.relu(residual + y)
 
 
@@ -279,7 +337,8 @@ class ResNet(nn.Module):
   padding: str = "torch"
 
   @nn.compact
-  def __call__(self, x, train: bool = True):
+  def __call__(self, x, train: bool = True, weights=None):
+    """weights: [B] example weights for train-mode BatchNorm statistics (None: all count)."""
     if self.stem not in ("imagenet", "small"):
       raise ValueError(f"unknown stem {self.stem!r}; use 'imagenet' or 'small'")
     if self.padding not in PADDINGS:
@@ -292,18 +351,18 @@ class ResNet(nn.Module):
     x = jnp.asarray(x, self.dtype)
     if self.stem == "imagenet":
       x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="conv_init")(x)
-      x = norm(name="bn_init")(x)
+      x = norm(name="bn_init")(x, weights)
       x = nn.relu(x)
       x = max_pool_3x3_s2(x)
     else:
       x = conv(self.width, (3, 3), (1, 1), name="conv_init")(x)
-      x = norm(name="bn_init")(x)
+      x = norm(name="bn_init")(x, weights)
       x = nn.relu(x)
     for i, block_size in enumerate(self.stage_sizes):
       for j in range(block_size):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)
         x = self.block_cls(self.width * 2**i, strides=strides, conv=conv, norm=norm,
-                           zero_init_last=self.zero_init_residual)(x)
+                           zero_init_last=self.zero_init_residual)(x, weights)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="head", kernel_init=TORCH_LINEAR_INIT,
                  bias_init=torch_linear_bias_init(x.shape[-1]))(x)
@@ -336,6 +395,20 @@ def create_model(name: str, num_classes: int, width: int = 64, stem: str = "imag
     raise ValueError(f"unknown model padding {padding!r}; choose one of {PADDINGS}")
   return MODELS[name](num_classes=num_classes, width=width, stem=stem, dtype=DTYPES[dtype],
                       zero_init_residual=zero_init_residual, padding=padding)
+
+
+STEMS = ("imagenet", "small")
+
+
+def check_model_block(model) -> None:
+  """The model block: a registered model, dtype, padding and stem, a positive width."""
+  from pca_jax.config import check_choice, check_positive_int
+  check_choice("model.name", model.name, sorted(MODELS))
+  check_choice("model.dtype", model.dtype, sorted(DTYPES))
+  check_choice("model.padding", model.get("padding", "torch"), PADDINGS,
+               " (torch: torchvision's layout; same: checkpoints made before it)")
+  check_choice("model.stem", model.stem, STEMS)
+  check_positive_int("model.width", model.width)
 
 
 def model_from_config(model_config: Any, num_classes: int) -> ResNet:

@@ -18,14 +18,9 @@ need it: its output id enters their fingerprints and a new search reruns them.
 
 from __future__ import annotations
 
+from pca_jax.config import EVAL_DATA, TRAIN_DATA
 from pca_jax.pca import report, score, stages, tune
 from pca_jax.runner import Stage
-
-# The data fields that decide which training / evaluation images a stage sees.
-TRAIN_DATA = ("data.source", "data.tfds_name", "data.data_dir", "data.train_split",
-              "data.image_size", "data.demo_image_size", "data.skip_corrupt")
-EVAL_DATA = ("data.source", "data.tfds_name", "data.data_dir", "data.eval_split",
-             "data.eval_crop_fraction", "data.demo_image_size")
 
 
 def _and_tune(*needs: str):

@@ -29,7 +29,7 @@ class Run:
   @property
   def train_source(self):
     if self._train_source is None:
-      from pca_jax.data.sources import load_source
+      from pca_jax.data.load import load_source
       self._train_source = load_source(self.config.data, self.config.data.train_split)
       skipped = getattr(self._train_source, "skipped", [])
       if skipped:
@@ -38,9 +38,18 @@ class Run:
 
   @property
   def eval_source(self):
+    """The eval split, whose classes are checked against the train split's (same names, same
+    order: its labels are compared with predictions of models trained on the train split)."""
     if self._eval_source is None:
-      from pca_jax.data.sources import load_source
-      self._eval_source = load_source(self.config.data, self.config.data.eval_split)
+      from pca_jax.data.load import (check_same_classes, load_source, match_eval_classes,
+                                     split_class_names)
+      data = self.config.data
+      source = load_source(data, data.eval_split)
+      train_names = (self._train_source.class_names if self._train_source is not None else
+                     split_class_names(data, data.train_split))
+      match_eval_classes(source, train_names)
+      check_same_classes(train_names, source.class_names, data.train_split, data.eval_split)
+      self._eval_source = source
     return self._eval_source
 
   def barrier(self, tag: str) -> None:
@@ -68,4 +77,6 @@ class Run:
     c.train.image_size = self.config.data.image_size
     c.train.num_threads = self.config.data.num_threads
     c.train.prefetch_mb = self.config.data.prefetch_mb
+    if "log" in self.config:  # TensorBoard / W&B (pca_jax.tracking)
+      c.log = copy.deepcopy(self.config.log)
     return c

@@ -21,6 +21,25 @@ OUTPUTS = ("labels.npy", "scores.npy", "score", "score_hist.png",
            *(f"scores_{name}.npy" for name in scoring.SCORES))
 
 
+def check_score_block(score) -> None:
+  """The score block (score.train is a training block: pca_jax.training.checks): the selection
+  score, K, batch size, how the models train together and at which size, the nominal schedule."""
+  from pca_jax.config import check_choice, check_int_at_least, check_positive_int, is_int
+  from pca_jax.parallel import MODEL_AXES
+  check_choice("score.kind", score.kind, scoring.SELECTION_SCORES)
+  check_positive_int("score.num_models", score.num_models)
+  check_positive_int("score.batch_size", score.batch_size)
+  if not isinstance(score.get("together", False), bool):
+    raise ValueError(f"score.together must be True or False, got {score.together!r}")
+  check_choice("score.model_axis", score.get("model_axis", "vmap"), MODEL_AXES)
+  check_int_at_least("score.image_size", score.get("image_size", 0), 0, " (0 = data.image_size)")
+  nominal = score.train.get("schedule_epochs", 0)
+  if not is_int(nominal) or nominal < 0 or 0 < nominal < score.train.epochs:
+    raise ValueError(f"score.train.schedule_epochs must be 0 (the schedule ends with training) "
+                     f"or an integer >= score.train.epochs={score.train.epochs} (the length of "
+                     f"the nominal run the scoring models stop early in), got {nominal!r}")
+
+
 def precomputed_digest(config) -> dict:
   """The content hash of score.scores_path (its file may change under the same name)."""
   path = config.score.scores_path
@@ -47,6 +66,18 @@ def load_scores(path: str, n: int) -> np.ndarray:
     raise ValueError(f"score.scores_path {path} contains {int(bad.sum())} NaN/inf values (first at "
                      f"index {int(np.flatnonzero(bad)[0])}); clean or recompute the scores")
   return scores.astype(np.float32)
+
+
+def selection_scores(run, cfg) -> np.ndarray:
+  """The [N] scores cfg.select ranks by (the select stage, the tune search): scores.npy
+  (score.kind or score.scores_path) when select.score is empty, else scores_<select.score>.npy."""
+  name = f"scores_{cfg.select.score}.npy" if cfg.select.score else "scores.npy"
+  scores = fs.load_npy(run.require(name, "score"))
+  n = len(run.train_source.labels)
+  if scores.shape != (n,):
+    raise ValueError(f"{name} has {scores.shape[0]} entries but there are {n} examples; rerun "
+                     "the score stage")
+  return scores
 
 
 def score_histogram(path: fs.PathLike, scores: np.ndarray, labels: np.ndarray, title: str) -> None:
@@ -98,7 +129,7 @@ def _score_all(run, variables, names, desc) -> dict:
   n = len(src.labels)
   model = model_from_config(cfg.model, src.num_classes)
   mesh = parallel.make_mesh()
-  local = parallel.check_batch_size(cfg.score.batch_size, mesh, "score.batch_size")
+  local = parallel.forward_batch_size(cfg.score.batch_size, mesh)
   batches = pipeline.ordered_batches(src, local, score_image_size(cfg), cfg.data.eval_crop_fraction,
                                      num_threads=cfg.data.num_threads,
                                      num_workers=cfg.data.num_workers,
@@ -117,21 +148,48 @@ def _score_all(run, variables, names, desc) -> dict:
     progress.close()
 
 
+def _epoch_history(run, train_epoch, per_model, wd, num_models: int) -> dict[str, list]:
+  """Forgetting events and AUM from the training history: the models train epoch by epoch
+  (train_epoch(e) resumes from the checkpoint of epoch e - 1), and after every epoch one eval-mode
+  pass over the train set records which examples each model classifies correctly and their
+  margins (correct_epoch<e>.npy and margin_epoch<e>.npy in wd, [num_models, N]; an epoch whose
+  files are there is read back, not recomputed). Returns {score: [[N] per model]} for
+  score.forgetting / score.aum."""
+  cfg = run.config
+  correct, margins = [], []  # per epoch: [num_models, N]
+  for e in range(1, cfg.score.train.epochs + 1):
+    fc, fm = wd / f"correct_epoch{e}.npy", wd / f"margin_epoch{e}.npy"
+    if fc.exists() and fm.exists():
+      correct.append(fs.load_npy(fc))
+      margins.append(fs.load_npy(fm))
+      continue
+    state = train_epoch(e)
+    out = _score_all(run, per_model(state), ("correct", "margin"),
+                     f"correctness and margins after epoch {e}")
+    fs.save_npy(fm, out["margin"])  # margins first: an epoch is done when both are there
+    fs.save_npy(fc, out["correct"] > 0.5)
+    correct.append(out["correct"] > 0.5)
+    margins.append(out["margin"])
+  history: dict[str, list] = {}
+  for i in range(num_models):
+    if cfg.score.forgetting:
+      history.setdefault("forgetting", []).append(
+          scoring.forgetting_counts(np.stack([c[i] for c in correct])))
+    if cfg.score.aum:
+      history.setdefault("aum", []).append(
+          scoring.aum_from_margins(np.stack([m[i] for m in margins])))
+  return history
+
+
 def _train_group(run, stage, ks: list[int]) -> tuple[list[dict], list[dict], dict[str, list]]:
   """Trains the scoring models ks: ([variables], [{train_loss, train_acc}], {history score:
-  [[N] per model]}).
+  [[N] per model]}, see _epoch_history).
 
   Model k has the seed derive_seed(seed, "score_model", k). Alone (score.together=False) it
   reads its own data order and takes torchvision's random-resized crops on the host
   (score/model_<k>/); together, the models of ks train in one jitted step per batch on ONE
   stream of decoded batches (the data order of the first model's seed), each with its own
   initialisation and its own crops on the device (score/together/).
-
-  With score.forgetting or score.aum the models train epoch by epoch (each call resumes from the
-  last checkpoint) and after every epoch one eval-mode pass over the train set records which
-  examples each classifies correctly and their margins (correct_epoch<e>.npy and
-  margin_epoch<e>.npy, [len(ks), N]; an epoch whose files are there is read back, not
-  recomputed).
   """
   import jax
   from pca_jax import parallel
@@ -155,33 +213,20 @@ def _train_group(run, stage, ks: list[int]) -> tuple[list[dict], list[dict], dic
     return ([parallel.unstack_tree(variables, i) for i in range(len(ks))] if together else
             [variables])
 
-  history: dict[str, list] = {}
+  per_epoch = pipeline.train_steps_per_epoch(len(src.labels), cfg.score.train.batch_size)
+  # score.train.max_steps (> 0) stops the models early, epoch by epoch too
+  last = min(cfg.score.train.max_steps or cfg.score.train.epochs * per_epoch,
+             cfg.score.train.epochs * per_epoch)
+
+  def train_epoch(e: int):
+    mc.train.max_steps = min(e * per_epoch, last)
+    return train(mc, wd, src, None, desc=f"{desc} epoch {e}",
+                 expected_start=min((e - 1) * per_epoch, last), **kwargs)[0]
+  history = {}
   if cfg.score.forgetting or cfg.score.aum:
-    per_epoch = pipeline.train_steps_per_epoch(len(src.labels), cfg.score.train.batch_size)
-    correct, margins = [], []  # per epoch: [len(ks), N]
-    for e in range(1, cfg.score.train.epochs + 1):
-      fc, fm = wd / f"correct_epoch{e}.npy", wd / f"margin_epoch{e}.npy"
-      if fc.exists() and fm.exists():
-        correct.append(fs.load_npy(fc))
-        margins.append(fs.load_npy(fm))
-        continue
-      mc.train.max_steps = e * per_epoch
-      state, _ = train(mc, wd, src, None, desc=f"{desc} epoch {e}", **kwargs)
-      out = _score_all(run, per_model(state), ("correct", "margin"),
-                       f"correctness and margins after epoch {e}")
-      fs.save_npy(fm, out["margin"])  # margins first: an epoch is done when both are there
-      fs.save_npy(fc, out["correct"] > 0.5)
-      correct.append(out["correct"] > 0.5)
-      margins.append(out["margin"])
-    for i in range(len(ks)):
-      if cfg.score.forgetting:
-        history.setdefault("forgetting", []).append(
-            scoring.forgetting_counts(np.stack([c[i] for c in correct])))
-      if cfg.score.aum:
-        history.setdefault("aum", []).append(
-            scoring.aum_from_margins(np.stack([m[i] for m in margins])))
-    mc.train.max_steps = 0
-  state, m = train(mc, wd, src, None, desc=desc, **kwargs)
+    history = _epoch_history(run, train_epoch, per_model, wd, len(ks))
+    mc.train.max_steps = cfg.score.train.max_steps
+  state, m = train(mc, wd, src, None, desc=desc, expected_start=last if history else 0, **kwargs)
   if together:
     none = [None] * len(ks)  # processes other than 0 do not read metrics.jsonl on a resume
     metrics = [{"train_loss": loss, "train_acc": acc}
@@ -201,6 +246,8 @@ def stage_score(run, stage) -> dict:
   if cfg.score.scores_path:
     scores = load_scores(cfg.score.scores_path, n)
     fs.save_npy(run.path("scores.npy"), scores)
+    # also under the kind's name, which the benchmark's methods read (el2n_easy, pca, ...)
+    fs.save_npy(run.path(f"scores_{cfg.score.kind}.npy"), scores)
     run.log(f"[score] using precomputed scores from {cfg.score.scores_path} ({n} examples)")
     score_histogram(run.path("score_hist.png"), scores, labels, f"{cfg.score.kind} (precomputed)")
     return {**info, "precomputed": cfg.score.scores_path}

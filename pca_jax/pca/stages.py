@@ -13,7 +13,9 @@ import numpy as np
 
 from pca_jax import fs, rng
 from pca_jax.config import cells, select_score
+from pca_jax.pca.score import selection_scores
 from pca_jax.pca.tune import selection_pool, tune_needs, tuned_config, tuning
+from pca_jax.selection import select_by_block
 
 
 def check_budget(run) -> None:
@@ -49,31 +51,6 @@ def select_needs(config) -> tuple[str, ...]:
   return () if config.select.mode == "random" else ("score",)
 
 
-def selection_scores(run, cfg) -> np.ndarray:
-  """The [N] scores cfg.select ranks by: scores.npy (score.kind or score.scores_path) when
-  select.score is empty, else scores_<select.score>.npy."""
-  name = f"scores_{cfg.select.score}.npy" if cfg.select.score else "scores.npy"
-  scores = fs.load_npy(run.require(name, "score"))
-  n = len(run.train_source.labels)
-  if scores.shape != (n,):
-    raise ValueError(f"{name} has {scores.shape[0]} entries but there are {n} examples; rerun "
-                     "the score stage")
-  return scores
-
-
-def select_indices(cfg, scores, labels, per_class: int, key, num_classes: int,
-                   pool: np.ndarray | None = None) -> np.ndarray:
-  """The select stage's selection under cfg.select (mode, window, order, CCS settings) among the
-  examples `pool` (None: all): [num_classes * per_class] source indices by class. The tune
-  stage's candidates call it too, so the chosen candidate's set is the select stage's."""
-  from pca_jax.selection import select_from_pool
-  return select_from_pool(pool, scores, labels, per_class, cfg.select.mode, key=key,
-                          num_classes=num_classes, ccs_beta=cfg.select.ccs_beta,
-                          ccs_strata=cfg.select.ccs_strata,
-                          window=tuple(float(w) for w in cfg.select.window),
-                          order=cfg.select.order)
-
-
 def _selection(cfg) -> dict:
   """What the selection was, for the select summary and the store manifest."""
   out = {"mode": cfg.select.mode}
@@ -96,7 +73,7 @@ def stage_select(run, stage) -> dict:
   per_class = cfg.select.ipc * cells(cfg)
   scores = selection_scores(run, cfg) if cfg.select.mode != "random" else None
   pool = selection_pool(run)
-  idx = select_indices(cfg, scores, labels, per_class,
+  idx = select_by_block(cfg.select, scores, labels, per_class,
                        jax.random.key(rng.derive_seed(cfg.seed, "select")),
                        run.train_source.num_classes, pool)
   fs.save_npy(run.path("selected.npy"), idx)

@@ -40,14 +40,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pca_jax import fs, rng
-from pca_jax.config import config_values, fingerprint, parse_stages
+from pca_jax.config import TRAIN_DATA, config_values, fingerprint, parse_stages
 
 OUTPUTS = ("tune", "tune.json")
+RESOLUTIONS = ("full", "patch")   # the student's views: the whole mosaic's size, or one cell's
+CROPS = ("patch", "rrc")          # inside one mosaic cell, or of the whole mosaic
 # What the candidate runs depend on, besides config.train (search_train_values), the scores and
 # the validation split (hashed apart).
-SEARCH_FIELDS = ("data.source", "data.tfds_name", "data.data_dir", "data.train_split",
-                 "data.image_size", "data.demo_image_size", "data.skip_corrupt",
-                 "data.eval_crop_fraction", "model", "select.order", "combine.fit", "tune")
+SEARCH_FIELDS = (*TRAIN_DATA, "data.eval_crop_fraction", "model", "select.order", "combine.fit",
+                 "tune")
 # The config.train leaves every candidate overrides (tune.epochs; its own crop, grid, resolution;
 # hard labels): the final student's epochs or crop do not rerun the search.
 OVERRIDDEN = ("train.epochs", "train.crop", "train.grid", "train.resolution", "train.label_mode")
@@ -71,6 +72,70 @@ TIE_RULE = ("the best mean validation top-1 wins; candidates within tune.tie_tol
 def tuning(config) -> bool:
   """Whether this run tunes: "tune" is in config.stages (the later stages then use the choice)."""
   return "tune" in parse_stages(config.stages)
+
+
+# ---------------------------------------------------------------------------------- the block
+def _check_search_grid(field: str, grid, size: int, patch: bool) -> None:
+  """A grid of the search: (rows, cols) of ints in 1..8 dividing size; cells >= 4 px when
+  searched at the patch resolution."""
+  from pca_jax.config import is_int
+  g = tuple(grid) if isinstance(grid, (list, tuple)) else grid
+  if not isinstance(g, tuple) or len(g) != 2 or not all(is_int(x) for x in g) or min(g) < 1 or \
+      max(g) > 8:
+    raise ValueError(f"{field} entry {g} is out of range; use (rows, cols) between 1 and 8")
+  if size % g[0] or size % g[1]:
+    raise ValueError(f"{field} entry {g} does not divide data.image_size={size}; use grids that "
+                     "divide the image size")
+  if g[0] == g[1] > 1 and patch and size // g[0] < 4:
+    raise ValueError(f"{field} entry {g}: cells of {size // g[0]}px are too small to train on at "
+                     "the patch resolution; drop that grid or 'patch' from tune.resolutions")
+
+
+def _check_search_values(tune) -> None:
+  """Every value of the search known, and the switches of the right type."""
+  from pca_jax.config import check_positive_int, is_int, is_number
+  from pca_jax.selection import check_window
+  for field in ("grids", "resolutions", "windows", "prune", "crops", "seeds"):
+    if not isinstance(tune[field], (list, tuple)) or not tune[field]:
+      raise ValueError(f"tune.{field} must be a non-empty tuple, got {tune[field]!r}")
+  for r in tune.resolutions:
+    if r not in RESOLUTIONS:
+      raise ValueError(f"unknown tune.resolutions entry {r!r}; choose from {RESOLUTIONS}")
+  for c in tune.crops:
+    if c not in CROPS:
+      raise ValueError(f"unknown tune.crops entry {c!r}; choose from {CROPS} (patch = inside "
+                       "one mosaic cell, rrc = the whole mosaic)")
+  for p in tune.prune:
+    if not isinstance(p, bool):
+      raise ValueError(f"tune.prune entries must be True (by score, in a window) or False "
+                       f"(random images), got {p!r}")
+  for w in tune.windows:
+    check_window(w, "tune.windows entry")
+  check_positive_int("tune.epochs", tune.epochs)
+  if not all(is_int(s) for s in tune.seeds):
+    raise ValueError(f"tune.seeds must be integers, got {tuple(tune.seeds)}")
+  if not is_number(tune.tie_tolerance) or tune.tie_tolerance < 0:
+    raise ValueError(f"tune.tie_tolerance must be >= 0 (top-1 points), got {tune.tie_tolerance!r}")
+
+
+def check_tune_block(config) -> None:
+  """The tune block (for runs that search: stage tune, or the benchmark's pca_auto): every
+  search value known and in range, at least one candidate."""
+  from pca_jax.config import is_number
+  tune = config.tune
+  f = tune.val_fraction
+  if not is_number(f) or not 0 < f < 1:
+    raise ValueError(f"tune.val_fraction must be a fraction in (0, 1) (the part of every class of "
+                     f"the train split held out for validation), got {f!r}")
+  _check_search_values(tune)
+  patch = "patch" in tuple(tune.resolutions)
+  for g in tune.grids:
+    _check_search_grid("tune.grids", g, config.data.image_size, patch)
+  if not any(r == "full" or (int(g[0]) == int(g[1]) > 1) for g in tune.grids
+             for r in tune.resolutions):
+    raise ValueError(f"the tune search has no candidate: resolution 'patch' needs a square grid "
+                     f"> 1x1, tune.grids={tuple(tuple(g) for g in tune.grids)}; add 'full' to "
+                     "tune.resolutions or a square grid to tune.grids")
 
 
 # ------------------------------------------------------------------------------------ candidates
@@ -107,6 +172,12 @@ class Candidate:
   def choice(self) -> dict:
     return {"prune": self.prune, "window": list(self.window), "order": self.order,
             "grid": list(self.grid), "resolution": self.resolution, "crop": self.crop}
+
+  def row(self, index: int, image_size: int, ipc: int) -> dict:
+    """The search row's description of this candidate (its results are added by the search)."""
+    return {"index": index, "name": self.name, **self.choice(),
+            "view_size": self.view_size(image_size), "cost": list(self.cost(image_size)),
+            "source_images_per_class": ipc * self.cells}
 
 
 def candidates(config) -> list[Candidate]:
@@ -234,13 +305,39 @@ def _train_and_validate(run, cand: Candidate, data, val_source, workdir, seed: i
   cfg = run.config
   mc = candidate_trainer_config(run, cand, seed)
   state, _ = train(mc, workdir, data, None, desc=f"tune {cand.name}", final_eval=False,
-                   log=run.log, fingerprint=run_fp)
+                   log=run.log, fingerprint=run_fp, save_final=False)
   _, eval_size, blur_size = view_sizes(mc.train)
   model = model_from_config(cfg.model, val_source.num_classes)
   ev = evaluate(variables_of(state), val_source, model.apply, eval_size=eval_size,
                 blur_size=blur_size, crop_fraction=cfg.data.eval_crop_fraction,
                 batch_size=cfg.train.eval_batch_size, num_threads=cfg.data.num_threads)
   return float(ev["top1"])
+
+
+def _seed_results(run, cand: Candidate, data, val, out_dir, search_fp: str,
+                  seed_tags: Sequence[str | int]) -> tuple[list[float], list[float]]:
+  """(val top-1 per tune seed, wall seconds per seed) of one candidate's set: trained and
+  validated once per seed, or read back from runs/<candidate>-s<seed>/row.json when it was made
+  under the same search fingerprint (an interrupted search resumes without retraining)."""
+  cfg = run.config
+  tops, walls = [], []
+  for s in cfg.tune.seeds:
+    wd = out_dir / "runs" / f"{cand.name}-s{s}"
+    run_fp = fingerprint(search_fp, cand.name, int(s))
+    row_path = wd / "row.json"
+    done = fs.read_json(row_path) if row_path.exists() else {}
+    if done.get("fingerprint") != run_fp:
+      t1 = time.time()
+      # the same student seed for every candidate: a paired comparison (same initialisation,
+      # data-order and augmentation streams), and one compiled step per view shape
+      seed = rng.derive_seed(cfg.seed, "tune", *seed_tags, int(s))
+      top1 = _train_and_validate(run, cand, data, val, wd, seed, run_fp)
+      done = {"val_top1": top1, "wall_s": time.time() - t1, "fingerprint": run_fp}
+      fs.save_json(row_path, done)
+      fs.remove(wd / "checkpoints")  # the score is kept; the model is not needed again
+    tops.append(float(done["val_top1"]))
+    walls.append(float(done["wall_s"]))
+  return tops, walls
 
 
 def search(run, out_dir, *, ipc: int, scores: np.ndarray | None, val_idx: np.ndarray,
@@ -250,25 +347,20 @@ def search(run, out_dir, *, ipc: int, scores: np.ndarray | None, val_idx: np.nda
   "search_wall_s"}.
 
   out_dir receives sets/<candidate>.npy (the source indices of its set, by class) and
-  runs/<candidate>-s<seed>/ (metrics.jsonl, row.json: val top-1 and wall time, with the
-  fingerprint of the search, so an interrupted search resumes without retraining what finished).
-  scores: [N] over the whole train split (None when no candidate prunes); val_idx: the held-out
-  indices; select_seed: the selection key's seed (random candidates, order "random");
-  seed_tags: what makes the students' seeds differ from other searches (the benchmark's IPC and
-  seed). `indices` holds the chosen candidate's source indices.
+  runs/<candidate>-s<seed>/ (metrics.jsonl, row.json: see _seed_results). scores: [N] over the
+  whole train split (None when no candidate prunes); val_idx: the held-out indices;
+  select_seed: the selection key's seed (random candidates, order "random"); seed_tags: what
+  makes the students' seeds differ from other searches (the benchmark's IPC and seed).
+  `indices` holds the chosen candidate's source indices.
   """
   import jax
   from pca_jax.data import pipeline
   from pca_jax.data.sources import IndexSubset
-  from pca_jax.pca.stages import select_indices
+  from pca_jax.selection import select_by_block
   from pca_jax.training import InMemoryData
 
-  log = log or run.log
-  cfg = run.config
-  out_dir = fs.path(out_dir)
-  src = run.train_source
-  labels = np.asarray(src.labels)
-  size = int(cfg.data.image_size)
+  log, cfg, out_dir, src = log or run.log, run.config, fs.path(out_dir), run.train_source
+  labels, size = np.asarray(src.labels), int(cfg.data.image_size)
   pool = np.setdiff1d(np.arange(len(labels)), val_idx)
   val = IndexSubset(src, val_idx, name=f"{src.name} (tune validation)")
   search_fp = fingerprint("tune search", config_values(cfg, SEARCH_FIELDS),
@@ -279,9 +371,9 @@ def search(run, out_dir, *, ipc: int, scores: np.ndarray | None, val_idx: np.nda
   t_search = time.time()
   for i, cand in enumerate(cands):
     t0 = time.time()
-    ccfg = apply_choice(cfg, cand.choice())
-    idx = select_indices(ccfg, scores if cand.prune else None, labels, ipc * cand.cells,
-                         jax.random.key(select_seed), src.num_classes, pool)
+    idx = select_by_block(apply_choice(cfg, cand.choice()).select,
+                          scores if cand.prune else None, labels, ipc * cand.cells,
+                          jax.random.key(select_seed), src.num_classes, pool)
     indices[cand.name] = idx
     fs.save_npy(out_dir / "sets" / f"{cand.name}.npy", idx)
     # the same set trained the same way (e.g. windows (0, 1) and (0, 0.5) in easiest-first order
@@ -296,30 +388,12 @@ def search(run, out_dir, *, ipc: int, scores: np.ndarray | None, val_idx: np.nda
       continue
     images, set_labels = pipeline.mosaics_from_source(src, idx, cand.grid, size, cfg.combine.fit,
                                                       cfg.data.num_threads)
-    data = InMemoryData(images, set_labels, src.num_classes)
     build_s = time.time() - t0
-    tops, walls = [], []
-    for s in cfg.tune.seeds:
-      wd = out_dir / "runs" / f"{cand.name}-s{s}"
-      run_fp = fingerprint(search_fp, cand.name, int(s))
-      row_path = wd / "row.json"
-      done = fs.read_json(row_path) if row_path.exists() else {}
-      if done.get("fingerprint") != run_fp:
-        t1 = time.time()
-        # the same student seed for every candidate: a paired comparison (same initialisation,
-        # data-order and augmentation streams), and one compiled step per view shape
-        seed = rng.derive_seed(cfg.seed, "tune", *seed_tags, int(s))
-        top1 = _train_and_validate(run, cand, data, val, wd, seed, run_fp)
-        done = {"val_top1": top1, "wall_s": time.time() - t1, "fingerprint": run_fp}
-        fs.save_json(row_path, done)
-        fs.remove(wd / "checkpoints")  # the score is kept; the model is not needed again
-      tops.append(float(done["val_top1"]))
-      walls.append(float(done["wall_s"]))
-    row = {"index": i, "name": cand.name, **cand.choice(), "view_size": cand.view_size(size),
-           "cost": list(cand.cost(size)), "stored_images": int(len(images)),
-           "source_images_per_class": ipc * cand.cells, "seeds": [int(s) for s in cfg.tune.seeds],
-           "val_top1": tops, "val_top1_mean": float(np.mean(tops)),
-           "wall_s": build_s + float(np.sum(walls))}
+    tops, walls = _seed_results(run, cand, InMemoryData(images, set_labels, src.num_classes),
+                                val, out_dir, search_fp, seed_tags)
+    row = {**cand.row(i, size, ipc), "stored_images": int(len(images)),
+           "seeds": [int(s) for s in cfg.tune.seeds], "val_top1": tops,
+           "val_top1_mean": float(np.mean(tops)), "wall_s": build_s + float(np.sum(walls))}
     rows.append(row)
     trained[same] = row
     log(f"[tune] {i + 1}/{len(cands)} {cand.name}: val top-1 {row['val_top1_mean']:.2f}% "
@@ -372,7 +446,7 @@ def stage_tune(run, stage) -> dict:
   """Holds out the validation split, runs the search, writes tune/search.csv and tune.json."""
   import jax
   from pca_jax.config import select_score
-  from pca_jax.pca.stages import selection_scores
+  from pca_jax.pca.score import selection_scores
   from pca_jax.selection import validation_split
 
   cfg = run.config

@@ -68,11 +68,12 @@ def evaluate(variables: Any, source: Any, apply_fn: Callable, *, eval_size: int,
 
   Images are resized + centre-cropped to eval_size (crop_fraction 0.875 = Resize(256) +
   CenterCrop(224)); blur_size > 0 evaluates down-up resized images (train.resolution="blur").
-  batch_size is global (split over the devices). Pass eval_step to reuse a compiled step.
+  batch_size is global (split over the devices; rounded up to a multiple of the device count,
+  parallel.forward_batch_size). Pass eval_step to reuse a compiled step.
   """
   from pca_jax.data import pipeline
   mesh = mesh or parallel.make_mesh()
-  local = parallel.check_batch_size(batch_size, mesh, "eval batch size")
+  local = parallel.forward_batch_size(batch_size, mesh)
   eval_step = eval_step or make_eval_step(apply_fn, eval_size, blur_size)
   batches = pipeline.ordered_batches(source, local, eval_size, crop_fraction,
                                      num_threads=num_threads)

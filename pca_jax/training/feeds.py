@@ -34,9 +34,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pca_jax import parallel, rng
-from pca_jax.config import SHARD_SET_CHOICES
 from pca_jax.data import pipeline
 
+SHARD_SET_CHOICES = ("auto", "replicated", "sharded")
 AUTO_SHARD_FRACTION = 0.25  # "auto" shards a set larger than this fraction of a device's memory
 
 
@@ -64,6 +64,7 @@ class _DeviceSetFeed:
     n, n_dev = len(data.labels), mesh.devices.size
     self.num_examples = n
     self.batch = min(cfg.batch_size, math.ceil(n / n_dev) * n_dev)  # tiny sets: 1 batch / epoch
+    self.pads = True  # batches are completed with weight-0 filler images
     self.device_crop = cfg.crop
     self._data, self._mesh = data, mesh
     # an argument of the compiled gather and permutation, never a constant in them: one program
@@ -213,6 +214,7 @@ class SourceFeed:
                        "crop='rrc' or 'none'")
     self.num_examples = len(source.labels)
     self.batch = cfg.batch_size
+    self.pads = False  # every example of every batch is real (weights all 1)
     self.steps_per_epoch = pipeline.train_steps_per_epoch(self.num_examples, self.batch)
     host_rrc = cfg.crop == "rrc" and not crop_on_device
     self.host_crop = (tuple(cfg.crop_scale), tuple(cfg.crop_ratio)) if host_rrc else None

@@ -7,6 +7,7 @@ composes model, optimizer, checkpoints, metrics, periodic evaluation and preempt
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import signal
@@ -23,9 +24,11 @@ from pca_jax.models.resnet import model_from_config
 from pca_jax.training.checkpoint import Checkpointer
 from pca_jax.training.evaluate import evaluate, make_eval_step
 from pca_jax.training.feeds import InMemoryData, make_feed
+from pca_jax.tracking import Tracker
 from pca_jax.training.metrics import MetricsLog, Progress, Throughput
-from pca_jax.training.steps import (LossSpec, create_train_state, create_train_states,
-                                    make_optimizer, make_train_step, variables_of)
+from pca_jax.training.steps import (LABEL_MODES, LossSpec, create_train_state,
+                                    create_train_states, make_optimizer, make_train_step,
+                                    variables_of)
 from pca_jax.training.views import view_sizes
 
 
@@ -59,6 +62,12 @@ def default_fingerprint(config: Any, train_data: Any,
     return config_fingerprint(values, data_digest(train_data))
   return config_fingerprint(values, data_digest(train_data), [int(s) for s in model_seeds])
 
+
+# Steps the host may dispatch ahead of the device: after dispatching step s the loop waits for
+# step s - RUN_AHEAD to finish. Unbounded, a loop that only blocks at log steps ran up to
+# log_every_steps ahead, and a SIGTERM seen at dispatch time waited for all of them before its
+# checkpoint (70 s on a busy CPU); two keep an accelerator fed while the host prepares the next.
+RUN_AHEAD = 2
 
 # Every training step of every loop in this process, in order: the step ids of JAX's preemption
 # sync points must agree across processes, and every process runs the same loops and steps.
@@ -101,14 +110,17 @@ class PreemptionWatch:
     return self.signalled
 
 
-def loss_spec(cfg: Any, num_classes: int, teacher) -> LossSpec:
-  if cfg.label_mode not in ("hard", "soft"):
-    raise ValueError(f"unknown train.label_mode {cfg.label_mode!r}; use hard or soft")
+def loss_spec(cfg: Any, num_classes: int, teacher, weighted_batch_stats: bool = False) -> LossSpec:
+  """The loss of cfg.label_mode (a teacher is required for soft labels); weighted_batch_stats:
+  the feed pads batches with weight-0 examples that BatchNorm must not count."""
+  if cfg.label_mode not in LABEL_MODES:
+    raise ValueError(f"unknown train.label_mode {cfg.label_mode!r}; choose one of {LABEL_MODES}")
   if cfg.label_mode == "soft" and teacher is None:
     raise ValueError("train.label_mode='soft' needs a teacher (the benchmark's teacher stage)")
   soft = cfg.label_mode == "soft"
   return LossSpec(num_classes, cfg.label_smoothing, teacher[0] if soft else None, cfg.temperature,
-                  cfg.cutmix_alpha if soft else 0.0, teacher_size=cfg.image_size)
+                  cfg.cutmix_alpha if soft else 0.0, teacher_size=cfg.image_size,
+                  weighted_batch_stats=weighted_batch_stats)
 
 
 def _build_step(cfg: Any, feed: Any, view_size: int, spec: LossSpec, mesh,
@@ -150,11 +162,127 @@ def _make_evaluator(config: Any, apply_fn: Callable, eval_data: Any, eval_size: 
   return run
 
 
+class _TrainLoop:
+  """One call of `train`: the pieces it composes (feed, step, checkpoints, metrics, evaluation),
+  set up once, then the steps from the checkpoint's step to the end."""
+
+  def __init__(self, config: Any, workdir: fs.PathLike, train_data: Any, eval_data: Any, *,
+               desc: str, teacher, log: Callable[[str], None], fingerprint: str | None,
+               model_seeds: Sequence[int] | None, model_axis: str, expected_start: int,
+               save_final: bool = True):
+    cfg = self.cfg = config.train
+    self.save_final = save_final
+    self.desc, self.log, self.model_seeds = desc, log, model_seeds
+    mesh = parallel.make_mesh()
+    workdir = fs.path(workdir)
+    if fs.is_writer():
+      workdir.mkdir(parents=True, exist_ok=True)
+    feed = self.feed = make_feed(train_data, cfg, mesh, crop_on_device=model_seeds is not None)
+    self.total = feed.steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+      self.total = min(self.total, cfg.max_steps)
+    model = model_from_config(config.model, train_data.num_classes)
+    tx, self.schedule = make_optimizer(cfg, feed.steps_per_epoch)
+    view_size, eval_size, blur_size = view_sizes(cfg)
+    spec = loss_spec(cfg, train_data.num_classes, teacher, weighted_batch_stats=feed.pads)
+    state = parallel.replicate(_initial_state(model, tx, cfg, view_size, model_seeds), mesh)
+    self.ckpt = Checkpointer(workdir, fingerprint or default_fingerprint(config, train_data,
+                                                                         model_seeds),
+                             cfg.keep_checkpoints, log, desc)
+    self.state, self.start = self.ckpt.restore(state, mesh)
+    if self.start and self.start != expected_start:
+      log(f"[{desc}] resumed from checkpoint at step {self.start}/{self.total}")
+    self.history = MetricsLog(workdir / "metrics.jsonl", self.start)
+    self.tracker = Tracker(workdir, config.get("log"), name=desc, resume_step=self.start)
+    self.teacher_vars = parallel.replicate(teacher[1], mesh) if spec.teacher_apply else None
+    self.step_fn = _build_step(cfg, feed, view_size, spec, mesh, model_seeds, model_axis)
+    self.run_eval = _make_evaluator(config, model.apply, eval_data, eval_size, blur_size, mesh)
+    self.eval_every = cfg.eval_every_epochs * feed.steps_per_epoch if cfg.eval_every_epochs else 0
+    self.last = self.history.last_train_row() if self.start else {}
+    self.meter = Throughput()
+
+  def log_train_row(self, step: int, metrics: dict) -> None:
+    """The row of a log step: loss, acc (means over models trained together), lr, img/s."""
+    m = jax.device_get(metrics)
+    self.last = {"loss": float(np.mean(m["loss"])), "acc": float(np.mean(m["acc"])),
+                 "lr": float(self.schedule(step)), "img_per_s": self.meter.lap()}
+    if self.model_seeds is not None:
+      self.last.update(loss_per_model=np.asarray(m["loss"]).tolist(),
+                       acc_per_model=np.asarray(m["acc"]).tolist())
+    self._append({"step": step + 1, "epoch": (step + 1) / self.feed.steps_per_epoch,
+                  **self.last})
+
+  def _append(self, row: dict) -> None:
+    """One row of metrics.jsonl, mirrored to TensorBoard / W&B."""
+    self.history.append(row)
+    self.tracker.row(row)
+
+  def log_eval(self, done: int, ev: dict) -> None:
+    self._append({"step": done, "epoch": done / self.feed.steps_per_epoch,
+                  **{f"eval_{k}": v for k, v in ev.items()}})
+
+  def periodic_eval(self, done: int) -> None:
+    if self.run_eval and self.eval_every and done % self.eval_every == 0 and done != self.total:
+      with self.meter.paused(block_on=self.state):
+        ev = self.run_eval(self.state)
+      self.log_eval(done, ev)
+      self.log(f"[{self.desc}] epoch {done // self.feed.steps_per_epoch}: eval top1 "
+               f"{ev['top1']:.2f}% top5 {ev['top5']:.2f}%")
+
+  def run(self) -> None:
+    """The steps start .. total, with logging, periodic evaluations, checkpoints and SIGTERM."""
+    cfg, total = self.cfg, self.total
+    t_start = time.time()
+    progress = Progress(total, self.start, self.desc)
+    if self.start < total:  # a checkpoint at the end (a stage in pieces): nothing to decode
+      self.feed.open(self.start)
+    in_flight: collections.deque = collections.deque()
+    try:
+      with PreemptionWatch() as watch:
+        for step in range(self.start, total):
+          self.state, m = self.step_fn(self.state, self.feed.args(step), self.teacher_vars)
+          in_flight.append(m["loss"])
+          if len(in_flight) > RUN_AHEAD:
+            jax.block_until_ready(in_flight.popleft())
+          done = step + 1
+          self.meter.add(self.feed.batch)
+          is_log = done % cfg.log_every_steps == 0 or done == total
+          if is_log:
+            self.log_train_row(step, m)
+          progress.update(done, 1, {k: self.last[k] for k in ("loss", "acc")} if self.last
+                          else {}, is_log)
+          self.periodic_eval(done)
+          preempted = watch.reached()
+          if (done % cfg.checkpoint_every_steps == 0 and done != total) or preempted:
+            with self.meter.paused(block_on=self.state):
+              self.ckpt.save(done, self.state)
+          if preempted:
+            raise Preempted(f"[{self.desc}] received SIGTERM: checkpoint saved at step "
+                            f"{done}/{total}; rerun the same command to resume")
+        if self.save_final:
+          self.ckpt.save(total, self.state)
+      self.wall_s = time.time() - t_start
+    finally:
+      progress.close()
+      self.feed.close()
+      self.ckpt.close()
+
+  def metrics(self) -> dict:
+    last, per_model = self.last, self.model_seeds is not None
+    return {"steps": self.total, "steps_per_epoch": self.feed.steps_per_epoch,
+            "batch_size": self.feed.batch, "train_loss": last.get("loss"),
+            "train_acc": last.get("acc"),
+            **({"train_loss_per_model": last.get("loss_per_model"),
+                "train_acc_per_model": last.get("acc_per_model")} if per_model else {}),
+            "train_img_per_s": self.meter.rate, "train_wall_s": self.wall_s}
+
+
 def train(config: Any, workdir: fs.PathLike, train_data: Any, eval_data: Any = None, *,
           desc: str = "train", final_eval: bool = True,
           teacher: tuple[Callable, Any] | None = None, log: Callable[[str], None] = print,
           fingerprint: str | None = None, model_seeds: Sequence[int] | None = None,
-          model_axis: str = "vmap") -> tuple[Any, dict]:
+          model_axis: str = "vmap", expected_start: int = 0,
+          save_final: bool = True) -> tuple[Any, dict]:
   """Trains config.model on train_data with config.train; returns (final state, metrics).
 
   train_data: InMemoryData (a compressed set, on device) or a random-access source (Grain).
@@ -162,6 +290,11 @@ def train(config: Any, workdir: fs.PathLike, train_data: Any, eval_data: Any = N
   if final_eval, at the end. workdir receives checkpoints/, fingerprint.json and metrics.jsonl.
   A checkpoint there is resumed only if it was written under `fingerprint` (default: a hash of
   config.model, config.train and the data); any other is deleted and training starts at step 0.
+  expected_start: the step a caller that trains in pieces (train.max_steps growing, e.g. epoch by
+  epoch) left the checkpoint at; resuming from any other step is logged as a resume.
+  save_final=False: no checkpoint of the last step (callers that keep only what they compute
+  from the returned state: a benchmark cell's row, a tune candidate's score; mid-run and SIGTERM
+  checkpoints are still written).
   teacher: (apply_fn(variables, normalised views) -> logits, variables), required when
   train.label_mode == "soft". Raises Preempted (a SystemExit) after SIGTERM once a checkpoint is
   written. Metrics: steps, batch size, final train loss/acc, compile-free train_img_per_s
@@ -176,82 +309,16 @@ def train(config: Any, workdir: fs.PathLike, train_data: Any, eval_data: Any = N
   """
   if model_seeds is not None and (eval_data is not None or teacher is not None):
     raise ValueError("models trained together (model_seeds) take neither eval_data nor a teacher")
-  cfg = config.train
-  mesh = parallel.make_mesh()
-  workdir = fs.path(workdir)
-  if fs.is_writer():
-    workdir.mkdir(parents=True, exist_ok=True)
-  feed = make_feed(train_data, cfg, mesh, crop_on_device=model_seeds is not None)
-  total = feed.steps_per_epoch * cfg.epochs
-  if cfg.max_steps:
-    total = min(total, cfg.max_steps)
-  model = model_from_config(config.model, train_data.num_classes)
-  tx, schedule = make_optimizer(cfg, feed.steps_per_epoch)
-  view_size, eval_size, blur_size = view_sizes(cfg)
-  spec = loss_spec(cfg, train_data.num_classes, teacher)
-  state = parallel.replicate(_initial_state(model, tx, cfg, view_size, model_seeds), mesh)
-  ckpt = Checkpointer(workdir, fingerprint or default_fingerprint(config, train_data, model_seeds),
-                      cfg.keep_checkpoints, log, desc)
-  state, start = ckpt.restore(state, mesh)
-  if start:
-    log(f"[{desc}] resumed from checkpoint at step {start}/{total}")
-  history = MetricsLog(workdir / "metrics.jsonl", start)
-  teacher_vars = parallel.replicate(teacher[1], mesh) if spec.teacher_apply else None
-  step_fn = _build_step(cfg, feed, view_size, spec, mesh, model_seeds, model_axis)
-  run_eval = _make_evaluator(config, model.apply, eval_data, eval_size, blur_size, mesh)
-
-  def log_eval(done, ev):
-    history.append({"step": done, "epoch": done / feed.steps_per_epoch,
-                    **{f"eval_{k}": v for k, v in ev.items()}})
-
-  eval_every = cfg.eval_every_epochs * feed.steps_per_epoch if cfg.eval_every_epochs else 0
-  last = history.last_train_row() if start else {}
-  t_start = time.time()
-  meter = Throughput()
-  progress = Progress(total, start, desc)
-  feed.open(start)
+  loop = _TrainLoop(config, workdir, train_data, eval_data, desc=desc, teacher=teacher, log=log,
+                    fingerprint=fingerprint, model_seeds=model_seeds, model_axis=model_axis,
+                    expected_start=expected_start, save_final=save_final)
   try:
-    with PreemptionWatch() as watch:
-      for step in range(start, total):
-        state, m = step_fn(state, feed.args(step), teacher_vars)
-        done = step + 1
-        meter.add(feed.batch)
-        is_log = done % cfg.log_every_steps == 0 or done == total
-        if is_log:
-          m = jax.device_get(m)
-          last = {"loss": float(np.mean(m["loss"])), "acc": float(np.mean(m["acc"])),
-                  "lr": float(schedule(step)), "img_per_s": meter.lap()}
-          if model_seeds is not None:
-            last.update(loss_per_model=np.asarray(m["loss"]).tolist(),
-                        acc_per_model=np.asarray(m["acc"]).tolist())
-          history.append({"step": done, "epoch": done / feed.steps_per_epoch, **last})
-        progress.update(done, 1, {k: last[k] for k in ("loss", "acc")} if last else {}, is_log)
-        if run_eval and eval_every and done % eval_every == 0 and done != total:
-          with meter.paused(block_on=state):
-            ev = run_eval(state)
-          log_eval(done, ev)
-          log(f"[{desc}] epoch {done // feed.steps_per_epoch}: eval top1 {ev['top1']:.2f}% "
-              f"top5 {ev['top5']:.2f}%")
-        preempted = watch.reached()
-        if (done % cfg.checkpoint_every_steps == 0 and done != total) or preempted:
-          with meter.paused(block_on=state):
-            ckpt.save(done, state)
-        if preempted:
-          raise Preempted(f"[{desc}] received SIGTERM: checkpoint saved at step {done}/{total}; "
-                          "rerun the same command to resume")
-      ckpt.save(total, state)
+    loop.run()
+    metrics = loop.metrics()
+    if loop.run_eval and final_eval:
+      ev = loop.run_eval(loop.state)
+      metrics.update({f"eval_{k}": v for k, v in ev.items()})
+      loop.log_eval(loop.total, ev)
   finally:
-    progress.close()
-    feed.close()
-    ckpt.close()
-  metrics = {"steps": total, "steps_per_epoch": feed.steps_per_epoch, "batch_size": feed.batch,
-             "train_loss": last.get("loss"), "train_acc": last.get("acc"),
-             **({"train_loss_per_model": last.get("loss_per_model"),
-                 "train_acc_per_model": last.get("acc_per_model")} if model_seeds is not None
-                else {}),
-             "train_img_per_s": meter.rate, "train_wall_s": time.time() - t_start}
-  if run_eval and final_eval:
-    ev = run_eval(state)
-    metrics.update({f"eval_{k}": v for k, v in ev.items()})
-    log_eval(total, ev)
-  return state, metrics
+    loop.tracker.close()
+  return loop.state, metrics

@@ -9,6 +9,7 @@ is a pure function of (state, feed arrays) and a resumed run replays the same up
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -17,6 +18,11 @@ import optax
 from flax.training import train_state
 
 from pca_jax import augment, parallel
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+SCHEDULE_UNITS = ("epoch", "step")   # the LR changes once per epoch (the reference) or every step
+LABEL_MODES = ("hard", "soft")       # one-hot cross-entropy, or KL to a teacher on every view
 
 
 class TrainState(train_state.TrainState):
@@ -27,9 +33,17 @@ def variables_of(state: TrainState) -> dict:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model, image_shape: tuple) -> Callable:
+  """key -> the variables of `model` (a hashable Flax module) for image_shape, one jitted function
+  per (model, shape) in a process: runs that train the same model (benchmark cells, tune
+  candidates, seeds) trace it once."""
+  return jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape)), train=False))
+
+
 def create_train_state(model, tx, key: jax.Array, image_shape) -> TrainState:
   """Initialises params/batch stats with a dummy batch of one image of image_shape [H, W, C]."""
-  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape)), train=False))(key)
+  variables = _jitted_init(model, tuple(image_shape))(key)
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                            batch_stats=variables.get("batch_stats"))
 
@@ -58,6 +72,10 @@ def _decay_mask(params):
 def make_schedule(cfg: Any, steps_per_epoch: int) -> Callable[[Any], Any]:
   """Learning rate as a function of the step: warmup then cosine/step/constant.
 
+  schedule_unit "epoch": the LR changes once per epoch (the reference benchmark's student);
+  warmup_epochs w: epoch e at (e + 1) / w. "step": the LR changes every step; the warmup rises
+  linearly over the first w epochs' steps (step s at (s + 1) / (w * steps_per_epoch)).
+
   The cosine runs over cfg.schedule_epochs when that field is set and > 0 (a nominal schedule
   of which training runs only the first cfg.epochs: an early checkpoint of a full-length run, as
   data_diet takes EL2N from), else over cfg.epochs.
@@ -65,16 +83,23 @@ def make_schedule(cfg: Any, steps_per_epoch: int) -> Callable[[Any], Any]:
   base = cfg.lr * (cfg.batch_size / cfg.base_batch_size if cfg.scale_lr_by_batch else 1.0)
   total_epochs = float(cfg.get("schedule_epochs", 0) or cfg.epochs)
   warm = float(cfg.warmup_epochs)
-  if cfg.schedule not in ("cosine", "step", "constant"):
-    raise ValueError(f"unknown train.schedule {cfg.schedule!r}; use cosine, step or constant")
-  if cfg.schedule_unit not in ("epoch", "step"):
-    raise ValueError(f"unknown train.schedule_unit {cfg.schedule_unit!r}; use epoch or step")
+  if cfg.schedule not in SCHEDULES:
+    raise ValueError(f"unknown train.schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
+  if cfg.schedule_unit not in SCHEDULE_UNITS:
+    raise ValueError(f"unknown train.schedule_unit {cfg.schedule_unit!r}; choose one of "
+                     f"{SCHEDULE_UNITS}")
 
   def schedule(step):
     epoch = step / steps_per_epoch
     if cfg.schedule_unit == "epoch":
+      # the reference's per-epoch warmup: epoch e (from 0) at (e + 1) / warm of the base LR
       epoch = jnp.floor(epoch)
-    warm_factor = jnp.minimum(1.0, (epoch + 1.0) / warm) if warm > 0 else 1.0
+      warm_factor = jnp.minimum(1.0, (epoch + 1.0) / warm) if warm > 0 else 1.0
+    else:
+      # linear in the step: step s at (s + 1) / (warm * steps_per_epoch) of the base LR, the
+      # full LR from the last step of the warm epochs on
+      warm_factor = jnp.minimum(1.0, (step + 1.0) / (warm * steps_per_epoch)) if warm > 0 \
+          else 1.0
     if cfg.schedule == "cosine":
       t = jnp.clip((epoch - warm) / max(total_epochs - warm, 1.0), 0.0, 1.0)
       factor = 0.5 * (1.0 + jnp.cos(jnp.pi * t))
@@ -108,6 +133,9 @@ class LossSpec:
   temperature: float = 20.0
   cutmix_alpha: float = 0.0
   teacher_size: int = 0                   # > 0: views are resized to this size for the teacher
+  # True: train-mode BatchNorm statistics count only the examples of weight > 0 (the feed pads
+  # batches with weight-0 filler images: a compressed set's last batch of an epoch)
+  weighted_batch_stats: bool = False
 
 
 def train_update(state: TrainState, views, labels, weights, spec: LossSpec, teacher_vars, key):
@@ -131,9 +159,11 @@ def train_update(state: TrainState, views, labels, weights, spec: LossSpec, teac
     teacher_logits = jax.lax.stop_gradient(spec.teacher_apply(teacher_vars, teacher_views))
     targets = jax.nn.softmax(teacher_logits / spec.temperature, axis=-1)
 
+  bn_weights = {"weights": weights} if spec.weighted_batch_stats else {}
+
   def loss_fn(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, views,
-                                     train=True, mutable=["batch_stats"])
+                                     train=True, mutable=["batch_stats"], **bn_weights)
     if spec.teacher_apply is None:
       per_example = optax.softmax_cross_entropy(logits, targets)
     else:

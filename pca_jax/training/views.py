@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pca_jax.config import RESOLUTIONS
+RESOLUTIONS = ("full", "patch", "blur")
 
 
 def view_sizes(cfg: Any) -> tuple[int, int, int]:
