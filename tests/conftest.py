@@ -3,11 +3,17 @@
 import os
 import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# 8 fake CPU devices (sharding tests); XLA:CPU's backend (LLVM) optimisation off: the tests' tiny
+# models spend their time compiling, not running (test_bf16_compute_keeps_float32_params alone:
+# 27 s -> 7 s); the CLI processes the tests start inherit both.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                                   "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
 
 import pca_jax  # noqa: E402,F401  (sets its XLA:CPU flags before any JAX backend starts)
 
@@ -20,3 +26,14 @@ os.environ.setdefault("PCA_JAX_TEST_CACHE", tempfile.mkdtemp(prefix="pca_jax_jit
 jax.config.update("jax_compilation_cache_dir", os.environ["PCA_JAX_TEST_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+  """One tiny demo pipeline run (tests.test_main.tiny_config), finished. Tests that only read its
+  outputs share it; tests that change it copy it first (shutil.copytree)."""
+  from pca_jax import main as pca_main
+  from tests.test_main import tiny_config
+  wd = tmp_path_factory.mktemp("finished") / "run"
+  pca_main.run_pipeline(tiny_config(), wd)
+  return wd

@@ -452,3 +452,19 @@ def test_benchmark_imagenet_defaults_to_the_references_precision():
   assert mod.get_config("bf16").model.dtype == "bfloat16"
   with pytest.raises(ValueError, match="unknown precision 'fp8'"):
     mod.get_config("fp8")
+
+
+def test_plot_title_of_a_long_dataset_name_stays_inside_the_figure():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from pca_jax.dc.tables import suptitle
+  name = "imagefolder:/mnt/datasets/very/long/path/to/an/imagenet_subset_prepared_by_someone/train"
+  for panels in (1, 2):
+    fig, _ = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5))
+    text = suptitle(fig, f"DC benchmark: {name}, resnet18 (width 64), 300 epochs, hard/soft labels")
+    fig.canvas.draw()
+    box, page = text.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1, (box, page)
+    assert "\n" in text.get_text() or panels == 2
+    plt.close(fig)

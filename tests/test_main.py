@@ -86,10 +86,10 @@ def test_cli_end_to_end_then_rerun_skips(tmp_path):
   assert json.loads((wd / "results.json").read_text())["top1"] == res["top1"]
 
 
-def test_stage_subset_from_existing_scores_and_precomputed(tmp_path):
+def test_stage_subset_from_existing_scores_and_precomputed(tmp_path, finished_run):
+  import shutil
   wd = tmp_path / "run"
-  cfg = tiny_config(stages="score,select,combine,store")
-  pca_main.run_pipeline(cfg, wd)
+  shutil.copytree(finished_run, wd)  # the session's finished tiny run (tests/conftest.py)
   first = json.loads((wd / "stages" / "score.json").read_text())
   # select,combine,store alone, with another ipc: reuses scores.npy, rebuilds the dataset
   cfg2 = tiny_config(stages="select,combine,store")

@@ -30,7 +30,8 @@ def _start(workdir, extra, audit, tag, logdir=None):
   port = free_port()
   procs = []
   for pid in (0, 1):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+                                    "--xla_backend_optimization_level=0",
                JAX_PLATFORMS="cpu", COORDINATOR=f"127.0.0.1:{port}", NUM_PROCESSES="2",
                PROCESS_ID=str(pid), CONFIG="configs/demo.py", WORKDIR=str(workdir),
                VENV=os.path.dirname(os.path.dirname(sys.executable)), PYTHONPATH=ROOT,

@@ -62,6 +62,16 @@ def test_pipeline_in_a_bucket_reruns_and_resumes(gcs, tmp_path):
             "results.md", "stages/report.json", "train/metrics.jsonl", "config.json"):
     assert f in names, (f, sorted(names)[:40])
   assert any(n.startswith("train/checkpoints/300/") for n in names)
+  # TensorBoard event files in the bucket, holding the scalars of the run's metrics.jsonl
+  events = [n for n in names if n.startswith("train/tensorboard/events.out.tfevents.")]
+  assert events, sorted(names)[:40]
+  local = tmp_path / "tb"
+  local.mkdir()
+  for n in events:
+    (local / n.rsplit("/", 1)[1]).write_bytes(fs.path(f"{run}/{n}").read_bytes())
+  (tmp_path / "metrics.jsonl").write_text(fs.path(f"{run}/train/metrics.jsonl").read_text())
+  from tests.test_tracking import _assert_same, _events, _jsonl_scalars
+  _assert_same(_events(local), _jsonl_scalars(tmp_path / "metrics.jsonl"))
   assert "run.lock" not in names  # the lease is released at the end
   for where in (cwd, ROOT):  # nothing named gs: on local disk
     assert not [d for d, dirs, _ in os.walk(where) if "gs:" in dirs]

@@ -91,6 +91,7 @@ def test_sigkill_in_score_and_sigterm_in_train_resume_to_identical_results(tmp_p
   _assert_same_run(ref, run)
 
 
+@pytest.mark.long
 def test_same_seed_same_outputs_other_seed_other_random_selection(tmp_path):
   for name in ("a", "b"):
     cfg = tiny_config(stages="score,select,combine,store")

@@ -37,11 +37,9 @@ def _assert_retrained_on(wd, out, stored_images):
   assert res["top1"] == json.loads((wd / "eval.json").read_text())["eval_top1"]
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  wd = tmp_path_factory.mktemp("rerun") / "run"
-  pca_main.run_pipeline(tiny_config(), wd)
-  return wd
+@pytest.fixture
+def finished(finished_run):
+  return finished_run  # the session's finished tiny run (tests/conftest.py); copied before use
 
 
 @pytest.mark.long

@@ -90,6 +90,7 @@ def test_train_together_model_k_is_the_lone_model_of_its_seed(tmp_path):
   assert jax.tree.leaves(state.params)[0].shape[0] == 2
 
 
+@pytest.mark.long
 def test_train_together_resumes_exactly(tmp_path):
   """Stopped at step 4 (a checkpoint of the stacked state) and resumed = one uninterrupted run."""
   cfg = tiny_config(epochs=3, crop="rrc", flip=True)

@@ -48,21 +48,17 @@ def test_scalars_of_a_row():
       "eval/top1": 40.0, "eval/top5": 90.0}
 
 
-@pytest.mark.long
-def test_demo_run_event_files_equal_its_metrics_jsonl(tmp_path):
-  """The tiny demo pipeline: the scoring models (per-model curves) and the student, each run's
-  tensorboard/ against its metrics.jsonl."""
-  from pca_jax.main import run_pipeline
-  from tests.test_main import tiny_config as tiny_demo
-  run_pipeline(tiny_demo(), tmp_path / "run")
-  logs = sorted(p.parent for p in (tmp_path / "run").rglob("metrics.jsonl"))
+def test_demo_run_event_files_equal_its_metrics_jsonl(finished_run):
+  """The tiny demo pipeline (the session's finished run): the scoring models (per-model curves)
+  and the student, each run's tensorboard/ against its metrics.jsonl."""
+  logs = sorted(p.parent for p in finished_run.rglob("metrics.jsonl"))
   assert any(p.name == "train" for p in logs), logs
   for d in logs:
     assert (d / "tensorboard").is_dir(), d
     expected = _jsonl_scalars(d / "metrics.jsonl")
     assert "train/loss" in expected
     _assert_same(_events(d / "tensorboard"), expected)
-  student = _events(tmp_path / "run" / "train" / "tensorboard")
+  student = _events(finished_run / "train" / "tensorboard")
   assert "eval/top1" in student and "train/lr" in student
   scoring = [d for d in logs if d.name != "train"]
   assert any("train/loss_model_1" in _jsonl_scalars(d / "metrics.jsonl") for d in scoring), scoring

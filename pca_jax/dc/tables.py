@@ -361,7 +361,19 @@ def plot(agg: list[dict], path, title: str) -> None:
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel("test top-1 %")
   axes[0][-1].legend(fontsize=7, loc="lower right")
-  fig.suptitle(title)
-  fig.tight_layout()
+  suptitle(fig, title)
   write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
   plt.close(fig)
+
+
+def suptitle(fig, title: str):
+  """The figure's title wrapped to its width (a long dataset name, e.g. an ImageFolder path,
+  stays inside the figure), and the panels laid out below it; returns the title's Text."""
+  import textwrap
+  width_in = fig.get_size_inches()[0]
+  chars = max(30, int(width_in * 72 / (11 * 0.62)))  # 11 pt characters in the figure's width
+  lines = textwrap.wrap(title, chars, break_long_words=True, break_on_hyphens=False)
+  text = fig.suptitle("\n".join(lines), fontsize=11)
+  top = 1 - (0.2 + 0.18 * len(lines)) / fig.get_size_inches()[1]
+  fig.tight_layout(rect=(0, 0, 1, top))
+  return text
