@@ -267,9 +267,9 @@ def plan_markdown(plan: dict, title: str) -> str:
   lines = [f"## {title}", "",
            f"Dataset shape: {s['name']}, {s['classes']} classes, {_human(s['train_images'])}"
            f" train images ({s['counts'][0]}-{s['counts'][1]} per class), "
-           f"{_human(s['eval_images'])} eval images. Rates: train {r['train_img_per_s']:.0f} and "
-           f"forward {r['forward_img_per_s']:.0f} img/s (ResNet-18 at 224 px), decoding "
-           f"{r['decode_img_per_s_per_core']:.0f} img/s per core x {r['host_cores']} cores.", "",
+           f"{_human(s['eval_images'])} eval images. Rates: train {r['train_img_per_s']:.4g} and "
+           f"forward {r['forward_img_per_s']:.4g} img/s (ResNet-18 at 224 px), decoding "
+           f"{r['decode_img_per_s_per_core']:.4g} img/s per core x {r['host_cores']} cores.", "",
            "| stage | images decoded | model-images trained* | forward* | device | host | "
            "wall | |", "|---|---|---|---|---|---|---|---|"]
   for c in plan["stages"]:

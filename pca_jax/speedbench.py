@@ -117,7 +117,7 @@ def paired_rates(fn_ref, fn_new, n_per_step: int, steps: int, rounds: int, warmu
 
 def _train_config(opts):
   from pca_jax.config import default_train_config
-  cfg = default_train_config(opts)
+  cfg = default_train_config()
   cfg.update(dict(epochs=10, batch_size=opts.batch, crop="patch", grid=(2, 2),
                   image_size=opts.size))
   return cfg
