@@ -16,8 +16,8 @@ directory when the run ends or is preempted (object stores cannot append). A res
 the steps after its checkpoint (TensorBoard's purge_step), so its curves are those of one run.
 
 config.log.wandb_project = "name" mirrors the same scalars to Weights & Biases (the optional
-`wandb` package; WANDB_MODE=offline keeps the runs on disk under <workdir>/wandb). One W&B run per
-training run, grouped by the pipeline's run directory.
+`wandb` package; WANDB_MODE=offline keeps the runs on disk under <its dir>/wandb). One W&B run
+per training run, named after it (a benchmark cell: its cell id).
 """
 
 from __future__ import annotations
@@ -70,8 +70,7 @@ class Tracker:
   """The TensorBoard writer (and W&B run) of one training run's directory; inactive off process 0
   and when config.log turns both off."""
 
-  def __init__(self, workdir: fs.PathLike, log_config: Any, *, name: str, resume_step: int = 0,
-               group: str = ""):
+  def __init__(self, workdir: fs.PathLike, log_config: Any, *, name: str, resume_step: int = 0):
     self.workdir = fs.path(workdir)
     self._tb = self._wandb = self._staging = None
     if not fs.is_writer() or log_config is None:
@@ -84,16 +83,16 @@ class Tracker:
         logdir = self._staging
       else:
         logdir = str(target)
-      # a file name of its own, in creation order: two writers of one directory within a second
-      # (a cell's training run, then its result) would otherwise write the same file, and
-      # TensorBoard reads the files of a directory in name order
-      # rows up to resume_step are kept (as in metrics.jsonl); TensorBoard drops steps >= purge_step
+      # Rows up to resume_step are kept (as in metrics.jsonl): TensorBoard drops the steps >=
+      # purge_step. Each writer has a file name of its own, in creation order: two writers of one
+      # directory within a second (a cell's training run, then its result) would otherwise write
+      # the same file, and TensorBoard reads a directory's files in name order.
       self._tb = SummaryWriter(logdir=logdir, purge_step=resume_step + 1 if resume_step else None,
                                flush_secs=30,
                                filename_suffix=f".{time.time_ns()}")
     if log_config.get("wandb_project", ""):
       import wandb
-      self._wandb = wandb.init(project=log_config.wandb_project, name=name, group=group or None,
+      self._wandb = wandb.init(project=log_config.wandb_project, name=name,
                                dir=str(self.workdir) if not fs.is_remote(self.workdir) else None,
                                reinit="create_new")
 

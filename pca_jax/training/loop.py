@@ -21,10 +21,10 @@ import numpy as np
 from pca_jax import augment, fs, parallel, rng
 from pca_jax.config import config_values, fingerprint as config_fingerprint
 from pca_jax.models.resnet import model_from_config
+from pca_jax.tracking import Tracker
 from pca_jax.training.checkpoint import Checkpointer
 from pca_jax.training.evaluate import evaluate, make_eval_step
 from pca_jax.training.feeds import InMemoryData, make_feed
-from pca_jax.tracking import Tracker
 from pca_jax.training.metrics import MetricsLog, Progress, Throughput
 from pca_jax.training.steps import (LABEL_MODES, LossSpec, create_train_state,
                                     create_train_states, make_optimizer, make_train_step,
@@ -193,13 +193,14 @@ class _TrainLoop:
     if self.start and self.start != expected_start:
       log(f"[{desc}] resumed from checkpoint at step {self.start}/{self.total}")
     self.history = MetricsLog(workdir / "metrics.jsonl", self.start)
-    self.tracker = Tracker(workdir, config.get("log"), name=desc, resume_step=self.start)
     self.teacher_vars = parallel.replicate(teacher[1], mesh) if spec.teacher_apply else None
     self.step_fn = _build_step(cfg, feed, view_size, spec, mesh, model_seeds, model_axis)
     self.run_eval = _make_evaluator(config, model.apply, eval_data, eval_size, blur_size, mesh)
     self.eval_every = cfg.eval_every_epochs * feed.steps_per_epoch if cfg.eval_every_epochs else 0
     self.last = self.history.last_train_row() if self.start else {}
     self.meter = Throughput()
+    # last: train() closes it whatever happens after __init__
+    self.tracker = Tracker(workdir, config.get("log"), name=desc, resume_step=self.start)
 
   def log_train_row(self, step: int, metrics: dict) -> None:
     """The row of a log step: loss, acc (means over models trained together), lr, img/s."""
