@@ -189,6 +189,7 @@ def test_read_only_workdir(tmp_path):
   _one_line_error(out, "cannot write to /proc/pca_jax_run", "writable --workdir")
 
 
+@pytest.mark.long
 def test_failed_stage_leaves_no_partial_and_no_stale_output(tmp_path, monkeypatch):
   wd = tmp_path / "run"
   pca_main.run_pipeline(tiny_config(stages="score,select,combine,store"), wd)

@@ -225,6 +225,7 @@ def test_low_resolution_scoring(tmp_path):
     assert np.allclose(out["el2n"].mean(0), np.load(wd / "scores_el2n.npy"), atol=1e-4) == same
 
 
+@pytest.mark.long
 def test_max_steps_holds_when_the_models_train_epoch_by_epoch(tmp_path, capsys):
   """score.forgetting / score.aum train epoch by epoch; score.train.max_steps still stops them
   (it was overwritten by each epoch's length), and a fresh run does not call its own epochs

@@ -187,6 +187,7 @@ def test_prefetch_to_device_order_sharding_errors_and_early_exit():
     next(parallel.prefetch_to_device(iter(batches), mesh, ("image",), size=0))
 
 
+@pytest.mark.long
 def test_checkpoint_of_another_fingerprint_is_not_resumed(tmp_path):
   data = _memory()
   cfg = tiny_config(epochs=3, crop="rrc", flip=True)
