@@ -74,7 +74,6 @@ def _max_pool_bwd(res, g):
   """Scatters g to the argmax of each window without select-and-scatter: the padded input grid
   splits into 4 parity phases; each phase is a sum of 1-4 shifted, masked copies of g."""
   idx, (n, h, w, c) = res
-  ho, wo = g.shape[1], g.shape[2]
   phases = {}
   for i in range(3):
     for j in range(3):
