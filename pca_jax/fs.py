@@ -150,11 +150,8 @@ def within(timeout_s: float, fn: Callable[[], Any], what: str) -> Any:
 def check_reachable(p: PathLike, timeout_s: float | None = None) -> None:
   """Object stores: the settings (check_store_settings), then one bounded existence check of p;
   nothing for local paths."""
-  if not is_remote(p):
-    return
-  check_store_settings(p)
-  within(STORE_TIMEOUT_S if timeout_s is None else timeout_s, lambda: path(p).exists(),
-         f"the object store holding {p}")
+  if is_remote(p):
+    _probe(p, lambda: path(p).exists(), timeout_s)
 
 
 def check_writable(directory: PathLike, timeout_s: float | None = None) -> epath.Path:
@@ -163,11 +160,15 @@ def check_writable(directory: PathLike, timeout_s: float | None = None) -> epath
   object written and deleted, must answer within timeout_s (default PCA_JAX_STORE_TIMEOUT_S,
   60 s)."""
   d = path(directory)
-  if is_remote(d):
-    check_store_settings(d)
-    return within(STORE_TIMEOUT_S if timeout_s is None else timeout_s,
-                  lambda: _check_writable(d), f"the object store holding {d}")
-  return _check_writable(d)
+  return _probe(d, lambda: _check_writable(d), timeout_s) if is_remote(d) else _check_writable(d)
+
+
+def _probe(p: PathLike, fn: Callable[[], Any], timeout_s: float | None) -> Any:
+  """An object store's settings checked (check_store_settings), then fn() bounded by timeout_s
+  (default PCA_JAX_STORE_TIMEOUT_S)."""
+  check_store_settings(p)
+  return within(STORE_TIMEOUT_S if timeout_s is None else timeout_s, fn,
+                f"the object store holding {p}")
 
 
 def _check_writable(d: epath.Path) -> epath.Path:

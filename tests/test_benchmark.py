@@ -440,6 +440,12 @@ def test_an_imagenet_sized_run_without_a_given_teacher_says_so():
   assert own_teacher_note(c, 1000) == ""  # no soft labels: no teacher to compare
   demo = tiny_config()
   assert own_teacher_note(demo, 10) == ""  # the demo is not ImageNet-sized
+  from pca_jax.rehearsal import rehearsal_config, spread_counts
+  from pca_jax.projection import Shape
+  shape = Shape("tfds:imagenet2012", tuple(spread_counts(3, 732, 1300, 3000)), 150)
+  rehearsed = rehearsal_config(c, shape)
+  rehearsed.benchmark.label_modes = ("hard", "soft")
+  assert "not the reference benchmark's" in own_teacher_note(rehearsed, 3)  # 3 rehearsed classes
 
 
 def test_benchmark_imagenet_defaults_to_the_references_precision():

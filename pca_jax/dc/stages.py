@@ -73,7 +73,8 @@ def own_teacher_note(config, num_classes: int) -> str:
   soft-label rows come from pca_jax's own teacher, not the reference's; else ""."""
   bench, data = config.benchmark, config.data
   imagenet = num_classes >= 1000 or "imagenet2012" in (
-      data.tfds_name if data.source == "tfds" else data.get("synthetic_of", ""))
+      data.tfds_name if data.source == "tfds" else
+      data.synthetic.of if data.source == "synthetic" else "")  # a rehearsal: tfds:imagenet2012
   if not imagenet or "soft" not in tuple(bench.label_modes) or bench.teacher_weights or \
       bench.teacher_workdir:
     return ""
