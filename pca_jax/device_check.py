@@ -222,17 +222,20 @@ def markdown(results: dict) -> str:
   for name, p in results.get("projection", {}).items():
     lines += [p["markdown"]]
   if results["skipped"]:
-    lines += ["Skipped (budget spent): " + ", ".join(results["skipped"])]
+    lines += ["Skipped (budget spent, or a section they need failed): "
+              + ", ".join(results["skipped"])]
+  for name, error in results.get("errors", {}).items():
+    lines += [f"Failed: {name}: {error}"]
   return "\n".join(lines) + "\n"
 
 
 def run_check(out_dir: str, tiny: bool, budget_s: float) -> dict:
   """Every section within the budget; writes the JSON and the Markdown; returns the results."""
   import jax
-  from pca_jax import fs
   s = TINY if tiny else Sizes()
   t0 = time.perf_counter()
-  results = {"tiny": tiny, "host": speedbench.host_info(), "skipped": [], "sections_s": {},
+  results = {"tiny": tiny, "host": speedbench.host_info(), "skipped": [], "errors": {},
+             "sections_s": {},
              "device": {"kind": jax.devices()[0].device_kind, "platform": jax.default_backend(),
                         "count": jax.device_count(), "jax": jax.__version__}}
   sections = [("train", lambda: measure_train(s)), ("score", lambda: measure_score(s)),
@@ -247,13 +250,23 @@ def run_check(out_dir: str, tiny: bool, budget_s: float) -> dict:
       continue
     t = time.perf_counter()
     print(f"[device_check] {name} ...", flush=True)
-    results[name] = fn()
+    try:
+      results[name] = fn()
+    except Exception as e:  # noqa: BLE001 - one failed section must not lose the others' numbers
+      results["errors"][name] = f"{type(e).__name__}: {e}"
+      print(f"[device_check] {name} FAILED: {results['errors'][name]}", flush=True)
     results["sections_s"][name] = time.perf_counter() - t
     print(f"[device_check] {name}: {results['sections_s'][name]:.1f} s", flush=True)
+    _save(out_dir, results, t0)  # after every section: the minutes of a lent GPU are not lost
+  _save(out_dir, results, t0)
+  return results
+
+
+def _save(out_dir: str, results: dict, t0: float) -> None:
+  from pca_jax import fs
   results["wall_s"] = time.perf_counter() - t0
   fs.save_json(os.path.join(out_dir, "device_check.json"), results)
   fs.save_text(os.path.join(out_dir, "device_check.md"), markdown(results))
-  return results
 
 
 def main(argv):
@@ -265,6 +278,8 @@ def main(argv):
     sys.exit(2)
   results = run_check(FLAGS.check_out, FLAGS.tiny, FLAGS.budget_s)
   print(markdown(results), flush=True)
+  if results["errors"]:  # the other sections' numbers are written; the run still failed
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -402,6 +402,7 @@ def bench_score_stage(opts):
   root = _photo_folder(opts.n_images, opts.data_dir)
   c = base_config()
   c.stages, c.jax_cache_dir = "score", ""
+  c.log.tensorboard = False  # the stage's time, not its event files (and no tensorboardX needed)
   c.data.update(dict(source="imagefolder", data_dir=str(root.parent), train_split=root.name,
                      image_size=opts.size, num_threads=opts.threads))
   c.model.update(dict(name=opts.model, width=opts.width, dtype=opts.dtype,

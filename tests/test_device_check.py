@@ -22,7 +22,7 @@ def test_tiny_device_check_exercises_every_measurement(tmp_path):
                        text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.loads((tmp_path / "check" / "device_check.json").read_text())
-  assert r["tiny"] and r["skipped"] == []
+  assert r["tiny"] and r["skipped"] == [] and r["errors"] == {}
   assert {(t["dtype"], t["batch"]) for t in r["train"]} == {
       ("bfloat16", 16), ("bfloat16", 32), ("float32", 16), ("float32", 32)}
   for t in r["train"]:
@@ -47,3 +47,19 @@ def test_usage_errors_are_one_line(tmp_path):
   out = subprocess.run(["bash", os.path.join(ROOT, "launch", "device_check.sh")], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=60)
   assert out.returncode != 0 and "usage: launch/device_check.sh [--tiny] OUT_DIR" in out.stderr
+
+
+def test_a_failing_section_keeps_the_others(tmp_path, monkeypatch):
+  """A section that raises (e.g. a package the GPU host lacks) is recorded; the sections that ran
+  are written, the ones that need it are skipped."""
+  from pca_jax import device_check
+  monkeypatch.setattr(device_check, "measure_train", lambda s: 1 / 0)
+  monkeypatch.setattr(device_check, "measure_score", lambda s: [{"dtype": "float32", "batch": 2,
+                                                                 "img_per_s": 10.0}])
+  monkeypatch.setattr(device_check, "measure_pipeline", lambda s: [])
+  r = device_check.run_check(str(tmp_path), tiny=True, budget_s=600)
+  assert r["errors"] == {"train": "ZeroDivisionError: division by zero"}
+  assert r["skipped"] == ["score_stage", "projection"] and r["score"][0]["img_per_s"] == 10.0
+  saved = json.loads((tmp_path / "device_check.json").read_text())
+  assert saved["errors"] == r["errors"]
+  assert "Failed: train: ZeroDivisionError" in (tmp_path / "device_check.md").read_text()
