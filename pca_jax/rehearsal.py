@@ -158,11 +158,14 @@ def _check_given_paths(config) -> None:
   for field, value, is_dir in (("benchmark.teacher_weights", bench.teacher_weights, False),
                                ("benchmark.teacher_workdir", bench.teacher_workdir, True),
                                ("score.scores_path", config.score.scores_path, False)):
+    if value:
+      fs.check_reachable(value)  # an object store answers within PCA_JAX_STORE_TIMEOUT_S
     if value and not (fs.path(value).is_dir() if is_dir else fs.path(value).is_file()):
       raise ValueError(f"{field} {value} does not exist; fix the path (the rehearsal checks it, "
                        "though it runs without it)")
   from pca_jax.dc.stages import external_paths
   for name, path in external_paths(config).items():
+    fs.check_reachable(path)
     if not fs.path(path).is_dir():
       raise ValueError(f"benchmark.external set {name!r}: {path} is not a directory")
 
