@@ -110,3 +110,28 @@ def gcs_emulator(bucket: str):
         os.environ[k] = v
     server.terminate()
     server.wait(timeout=10)
+
+
+def import_torchvision():
+  """torchvision, imported next to the CPU torch wheel.
+
+  PyPI's torchvision 0.28 is linked against CUDA torch: its `_C.so` (detection operators) does not
+  load, and its import then fails registering fake kernels for `torchvision::nms` / `qnms`, whose
+  schemas only `_C.so` defines. Defining the two schemas first lets the import finish; the models
+  (all the tests need) do not use those operators."""
+  import torch
+  try:
+    import torchvision
+    return torchvision
+  except RuntimeError as e:
+    if "torchvision::nms" not in str(e):
+      raise
+  import sys
+  for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+    del sys.modules[name]
+  lib = torch.library.Library("torchvision", "FRAGMENT")
+  lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+  lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+  import_torchvision.lib = lib  # keep the definitions alive
+  import torchvision
+  return torchvision

@@ -225,7 +225,7 @@ def test_other_architecture_stem_or_width_is_refused():
     torchvision_to_flax(r18, create_model("resnet18", 10, stem="small"))
   with pytest.raises(ValueError, match=r"file has width 64, the model width=32"):
     torchvision_to_flax(r18, create_model("resnet18", 10, width=32))
-  with pytest.raises(ValueError, match=r"not a torchvision ResNet state_dict \(first keys: a\.w"):
+  with pytest.raises(ValueError, match=r"no torchvision model pca_jax knows \(first keys: a\.w"):
     torchvision_to_flax({"a.w": torch.zeros(1)}, create_model("resnet18", 10))
 
 

@@ -1,4 +1,4 @@
-"""Loads a torchvision ResNet `state_dict` (a .pth file) into the Flax ResNet, exactly.
+"""Loads a torchvision `state_dict` (a .pth file) into the Flax models, exactly, and back.
 
 The reference DC benchmark takes its soft labels from torchvision's pretrained ResNet-18; this
 module lets pca_jax use the same file:
@@ -25,13 +25,15 @@ PyTorch is an optional dependency (requirements-bench.txt), imported only to rea
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
 from pca_jax import fs
 from pca_jax.models.resnet import BottleneckResNetBlock, ResNet
@@ -99,47 +101,56 @@ def read_state_dict(path: fs.PathLike) -> dict[str, np.ndarray]:
   return out
 
 
-def _describe_file(keys: Any) -> str:
-  """What a state_dict's keys say, e.g. 'the file is a torchvision resnet34 (3, 4, 6, 3) basic'."""
-  blocks = {}
+def _resnet_keys(keys: Sequence[str]) -> str | None:
+  """What a ResNet state_dict's keys say, e.g. 'torchvision resnet34 (3, 4, 6, 3) basic'."""
+  blocks: dict[int, set[int]] = {}
   for k in keys:
     m = re.match(r"layer(\d+)\.(\d+)\.", k)
     if m:
       blocks.setdefault(int(m[1]), set()).add(int(m[2]))
   if not blocks:
-    first = ", ".join(list(keys)[:4])
-    return f"not a torchvision ResNet state_dict (first keys: {first})"
+    return None
   sizes = tuple(len(blocks.get(i, ())) for i in range(1, max(blocks) + 1))
   bottleneck = any(k.endswith(".conv3.weight") for k in keys)
   name = _ARCHS.get((sizes, bottleneck), "ResNet")
-  return f"the file is a torchvision {name} {sizes} {'bottleneck' if bottleneck else 'basic'}"
+  return f"torchvision {name} {sizes} {'bottleneck' if bottleneck else 'basic'}"
 
 
-def _describe_model(model: ResNet) -> str:
+def _resnet_model(model: ResNet) -> str:
   sizes = tuple(int(s) for s in model.stage_sizes)
   bottleneck = model.block_cls is BottleneckResNetBlock
   name = _ARCHS.get((sizes, bottleneck), "ResNet")
-  return f"the model is {name} {sizes} {'bottleneck' if bottleneck else 'basic'}"
+  return f"{name} {sizes} {'bottleneck' if bottleneck else 'basic'}"
 
 
-def _target(model: ResNet) -> dict[str, Any]:
-  """model.init's variable tree as ShapeDtypeStructs (shapes do not depend on the image size)."""
-  x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+def _resnet_check(model: ResNet) -> None:
+  if model.padding != "torch":
+    raise ValueError(f"torchvision weights need the torchvision conv padding, but the model has "
+                     f"padding={model.padding!r}; use model.padding='torch'")
+
+
+def _target(model: nn.Module) -> dict[str, Any]:
+  """model.init's variable tree as ShapeDtypeStructs, for a 32 x 32 input (only a ViT's position
+  embedding depends on the image size: its family maps it at the size the model was built for)."""
+  size = getattr(model, "image_size", 0) or 32
+  x = jnp.zeros((1, size, size, 3), jnp.float32)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
 
 
-def _mapping(model: ResNet, target: Mapping[str, Any]) -> list[tuple[str, str, tuple, str]]:
-  """(torch key, flax collection, flax path, kind) for every variable of the model.
+def bn_keys(torch_name: str, flax_module: tuple) -> list[tuple[str, str, tuple, str]]:
+  """The four entries of a torch BatchNorm2d (weight, bias, running mean / var) at flax_module."""
+  return [(f"{torch_name}.{suffix}", collection, (*flax_module, leaf), "vector")
+          for suffix, collection, leaf in _BN]
+
+
+def _resnet_mapping(model: ResNet, target: Mapping[str, Any]) -> list[tuple[str, str, tuple, str]]:
+  """(torch key, flax collection, flax path, kind) for every variable of a ResNet.
 
   kind: "conv" (OIHW -> HWIO), "dense" ([out, in] -> [in, out]) or "vector" (as is).
   """
   params = target["params"]
   out = [("conv1.weight", "params", ("conv_init", "kernel"), "conv")]
-
-  def norm(torch_name, flax_module):
-    for suffix, collection, leaf in _BN:
-      out.append((f"{torch_name}.{suffix}", collection, (*flax_module, leaf), "vector"))
-  norm("bn1", ("bn_init",))
+  out += bn_keys("bn1", ("bn_init",))
   blocks = sorted((k for k in params if k not in ("conv_init", "bn_init", "head")),
                   key=lambda k: int(k.rsplit("_", 1)[1]))
   names = [f"layer{i + 1}.{j}" for i, n in enumerate(model.stage_sizes) for j in range(n)]
@@ -152,21 +163,60 @@ def _mapping(model: ResNet, target: Mapping[str, Any]) -> list[tuple[str, str, t
       n = int(c.split("_")[1])
       out.append((f"{torch_block}.conv{n + 1}.weight", "params", (flax_block, c, "kernel"),
                   "conv"))
-      norm(f"{torch_block}.bn{n + 1}", (flax_block, f"BatchNorm_{n}"))
+      out += bn_keys(f"{torch_block}.bn{n + 1}", (flax_block, f"BatchNorm_{n}"))
     if "conv_proj" in params[flax_block]:
       out.append((f"{torch_block}.downsample.0.weight", "params",
                   (flax_block, "conv_proj", "kernel"), "conv"))
-      norm(f"{torch_block}.downsample.1", (flax_block, "norm_proj"))
+      out += bn_keys(f"{torch_block}.downsample.1", (flax_block, "norm_proj"))
   out += [("fc.weight", "params", ("head", "kernel"), "dense"),
           ("fc.bias", "params", ("head", "bias"), "vector")]
   return out
 
 
-def _shape_hint(key: str, got: tuple, want: tuple, model: ResNet) -> str:
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """How one architecture family maps onto torchvision's state_dict layout.
+
+  module: the Flax class; mapping(model, target) -> [(torch key, flax collection, flax path,
+  kind)] for every variable of `model` (target: model.init's tree of shapes); describe_keys(keys)
+  -> what a state_dict of this family is ("torchvision resnet34 ..."), None if it is not one;
+  describe_model(model) -> what the model is; check(model) raises ValueError for a model that is
+  not in torchvision's layout (e.g. ResNet padding="same").
+  """
+  name: str
+  module: type
+  mapping: Callable[[Any, Mapping[str, Any]], list[tuple[str, str, tuple, str]]]
+  describe_keys: Callable[[Sequence[str]], str | None]
+  describe_model: Callable[[Any], str]
+  check: Callable[[Any], None] = lambda model: None
+
+
+def families() -> list[Family]:
+  """Every family with a torchvision mapping (ResNets first)."""
+  return [Family("resnet", ResNet, _resnet_mapping, _resnet_keys, _resnet_model, _resnet_check)]
+
+
+def _family_of(model: Any) -> Family:
+  for family in families():
+    if isinstance(model, family.module):
+      return family
+  raise ValueError(f"no torchvision layout is known for a {type(model).__name__}: build the model "
+                   "with pca_jax.models.create_model")
+
+
+def _describe_file(keys: Sequence[str]) -> str:
+  for family in families():
+    what = family.describe_keys(keys)
+    if what:
+      return f"the file is a {what}"
+  first = ", ".join(list(keys)[:4])
+  return f"the file is no torchvision model pca_jax knows (first keys: {first})"
+
+
+def _shape_hint(key: str, got: tuple, want: tuple, model: Any) -> str:
   """Why a shape differs, for the keys where the reason is known."""
-  if key == "fc.weight" and got[1:] == want[1:] and got[0] != want[0]:
-    return f": the file was trained for {got[0]} classes, the dataset has {want[0]}"
-  if key == "fc.bias":
+  if key in ("fc.weight", "fc.bias", "classifier.1.weight", "classifier.1.bias",
+             "heads.head.weight", "heads.head.bias") and got[1:] == want[1:] and got[0] != want[0]:
     return f": the file was trained for {got[0]} classes, the dataset has {want[0]}"
   if key == "conv1.weight" and len(got) == 4 and got[2:] != want[2:]:
     stem = "imagenet" if got[2:] == (7, 7) else "small" if got[2:] == (3, 3) else None
@@ -177,8 +227,17 @@ def _shape_hint(key: str, got: tuple, want: tuple, model: ResNet) -> str:
   return ""
 
 
-def torchvision_to_flax(state_dict: Mapping[str, Any], model: ResNet) -> dict[str, Any]:
-  """{"params": ..., "batch_stats": ...} for `model`, from a torchvision ResNet state_dict.
+def _torch_shape(shape: tuple, kind: str) -> tuple:
+  """The torch shape a flax variable of `shape` corresponds to."""
+  if kind == "conv":  # OIHW from HWIO
+    return (shape[3], shape[2], shape[0], shape[1])
+  if kind == "dense":
+    return (shape[1], shape[0])
+  return tuple(shape)
+
+
+def torchvision_to_flax(state_dict: Mapping[str, Any], model: Any) -> dict[str, Any]:
+  """{"params": ..., "batch_stats": ...} for `model`, from a torchvision state_dict of its family.
 
   state_dict: {torch key: tensor or array} (torch tensors are accepted as they are). Returns
   nested dicts of float32 numpy arrays with exactly the structure and shapes of
@@ -187,35 +246,27 @@ def torchvision_to_flax(state_dict: Mapping[str, Any], model: ResNet) -> dict[st
   aside), so a file for another architecture, width, stem or number of classes fails with a
   one-line ValueError instead of loading silently wrong weights.
   """
-  if not isinstance(model, ResNet):
-    raise ValueError(f"torchvision weights load into a pca_jax ResNet, got {type(model).__name__}:"
-                     " build it with pca_jax.models.create_model")
-  if model.padding != "torch":
-    raise ValueError(f"torchvision weights need the torchvision conv padding, but the model has "
-                     f"padding={model.padding!r}; use model.padding='torch'")
+  family = _family_of(model)
+  family.check(model)
   target = _target(model)
-  mapping = _mapping(model, target)
+  mapping = family.mapping(model, target)
   keys = [str(k) for k in state_dict]
   for key, *_ in mapping:
     if key not in state_dict:
-      raise ValueError(f"state_dict has no key {key}: {_describe_file(keys)}, "
-                       f"{_describe_model(model)}")
+      raise ValueError(f"state_dict has no key {key}: {_describe_file(keys)}, the model is "
+                       f"{family.describe_model(model)}")
   expected = {key for key, *_ in mapping}
   unused = [k for k in keys if k not in expected and not k.endswith("num_batches_tracked")]
   if unused:
     shown = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "")
     raise ValueError(f"state_dict has {len(unused)} keys the model does not use ({shown}): "
-                     f"{_describe_file(keys)}, {_describe_model(model)}")
+                     f"{_describe_file(keys)}, the model is {family.describe_model(model)}")
   variables: dict[str, Any] = {}
   for key, collection, path, kind in mapping:
     leaf = target[collection]
     for name in path:
       leaf = leaf[name]
-    want = tuple(leaf.shape)
-    if kind == "conv":  # the torch shape the flax kernel corresponds to: OIHW from HWIO
-      want = (want[3], want[2], want[0], want[1])
-    elif kind == "dense":
-      want = (want[1], want[0])
+    want = _torch_shape(tuple(leaf.shape), kind)
     value = _to_numpy(state_dict[key])
     got = tuple(value.shape)
     if got != want:
@@ -233,11 +284,53 @@ def torchvision_to_flax(state_dict: Mapping[str, Any], model: ResNet) -> dict[st
   return variables
 
 
-def load_torchvision_resnet(path: fs.PathLike, model: ResNet) -> dict[str, Any]:
-  """Reads a torchvision ResNet .pth file and returns `model`'s variables (see the above)."""
+def flax_to_torchvision(variables: Mapping[str, Any], model: Any) -> dict[str, Any]:
+  """The inverse of torchvision_to_flax: a torchvision state_dict ({key: torch.Tensor}) of
+  `model`'s variables, loadable with `torchvision_model.load_state_dict(sd)` (strict): every
+  BatchNorm also gets its `num_batches_tracked` (0; torch uses it only when momentum is None).
+
+  E.g. to train a pca_jax teacher's sets with the reference (PyTorch) trainer:
+    torch.save(flax_to_torchvision(variables, model), "teacher.pth")
+  """
+  try:
+    import torch
+  except ImportError:
+    raise ValueError("exporting to torchvision needs PyTorch: pip install -r "
+                     "requirements-bench.txt") from None
+  family = _family_of(model)
+  family.check(model)
+  target = _target(model)
+  out: dict[str, Any] = {}
+  for key, collection, path, kind in family.mapping(model, target):
+    leaf = variables.get(collection) if isinstance(variables, Mapping) else None
+    want = target[collection]
+    for name in path:
+      if not isinstance(leaf, Mapping) or name not in leaf:
+        raise ValueError(f"variables have no {collection}/{'/'.join(path)} (torch {key}): they "
+                         f"are not those of {family.describe_model(model)}")
+      leaf, want = leaf[name], want[name]
+    value = np.asarray(jax.device_get(leaf), np.float32)
+    if value.shape != tuple(want.shape):
+      raise ValueError(f"{collection}/{'/'.join(path)} has shape {value.shape} but "
+                       f"{family.describe_model(model)} has {tuple(want.shape)}")
+    if kind == "conv":
+      value = value.transpose(3, 2, 0, 1)
+    elif kind == "dense":
+      value = value.T
+    out[key] = torch.from_numpy(np.ascontiguousarray(value))
+    if key.endswith(".running_var"):
+      out[key[:-len("running_var")] + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+  return out
+
+
+def load_torchvision(path: fs.PathLike, model: Any) -> dict[str, Any]:
+  """Reads a torchvision .pth file and returns `model`'s variables (see torchvision_to_flax)."""
   try:
     return torchvision_to_flax(read_state_dict(path), model)
   except ValueError as e:
     if str(path) in str(e):
       raise
     raise ValueError(f"{path}: {e}") from None
+
+
+load_torchvision_resnet = load_torchvision  # the name before other families existed
