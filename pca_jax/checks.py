@@ -4,7 +4,7 @@ Each block's checks live beside the code that owns it; this module, above all of
 composes them (the CLI calls it before any backend starts or any file is written):
 
   data         pca_jax.data.load.check_data_block
-  model        pca_jax.models.resnet.check_model_block
+  model        pca_jax.models.registry.check_model_block, check_model_views
   score        pca_jax.pca.score.check_score_block
   select       pca_jax.selection.check_select_block
   combine      pca_jax.combine.check_combine_block
@@ -26,7 +26,7 @@ from pca_jax.combine import check_combine_block
 from pca_jax.config import parse_stages, uses_tune
 from pca_jax.data.load import check_data_block
 from pca_jax.dc.plan import check_benchmark_block
-from pca_jax.models.resnet import check_model_block
+from pca_jax.models.registry import check_model_block, check_model_views
 from pca_jax.pca.score import check_score_block
 from pca_jax.pca.tune import check_tune_block
 from pca_jax.rehearsal import check_rehearsal_block
@@ -44,6 +44,7 @@ def validate(config) -> None:
   check_select_block(config)
   check_combine_block(config)
   check_training_blocks(config)
+  check_model_views(config)
   if uses_tune(config):
     check_tune_block(config)
   if "benchmark" in stages:

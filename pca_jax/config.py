@@ -149,12 +149,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic = ml_collections.ConfigDict(dict(of="", counts=(1,), eval_counts=(1,)))
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "resnet18"
-  c.model.width = 64
+  c.model.name = "resnet18"        # any of pca_jax.models.MODELS (README, "Other students")
+  c.model.width = 64               # ResNets' base channels; other families scale by width / 64
   c.model.stem = "imagenet"
   c.model.dtype = "float32"
   # torchvision's resnet18 (the reference student) keeps every BatchNorm scale at 1; True zeroes
-  # the last one of each residual block (Goyal et al.), as flax's example ResNet does.
+  # the last one of each residual block (Goyal et al.), as flax's example ResNet does. ResNets
+  # only: the other families ignore it (a benchmark's students share this block).
   c.model.zero_init_residual = False
   # "torch": convolutions pad k // 2 on each side like torchvision (its weights load exactly);
   # "same": flax's "SAME" (stride-2 3x3 convs shifted a pixel), the layout before issue 17.
@@ -242,7 +243,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.benchmark.external = ""          # "name=/path/imagefolder,name2=/path2"
   c.benchmark.teacher_workdir = ""   # a finished pca_jax train workdir; empty = train one
   c.benchmark.soft_label_bytes_per_value = 2    # fp16, for the storage column
-  c.benchmark.teacher_weights = ""   # a torchvision ResNet state_dict (.pth) as the teacher
+  c.benchmark.teacher_weights = ""   # a torchvision state_dict (.pth) of model.name as the teacher
+  # Cross-architecture evaluation (the paper's Table 8): every cell runs once per student, names
+  # of pca_jax.models.MODELS (resnet18, mobilenet_v2, efficientnet_b0, shufflenet_v2_x1_0,
+  # vit_s_16, ...; empty = model.name alone). Sets are built once and shared; the soft-label
+  # teacher stays model.name's. Each student keeps model.width / stem / dtype.
+  c.benchmark.students = ()
+  # Per-student overrides of train fields, the same for every method (a ViT from scratch on a
+  # few images per class needs warmup and a smaller LR under AdamW: DeiT's recipe, lr 5e-4 at
+  # batch 512 scaled here to the batch of 128 is 1.25e-4; we keep 5e-4 for the short schedules,
+  # wd 0.05, 5 warmup epochs).
+  c.benchmark.student_overrides = ml_collections.ConfigDict()
+  c.benchmark.student_overrides.vit_s_16 = ml_collections.ConfigDict(
+      dict(lr=5e-4, weight_decay=0.05, warmup_epochs=5))
   # rded (Sun et al. 2024; LINs-lab/RDED ImageNet scripts): mipc random real images per class,
   # num_crop square random-resized crops of each at image_size / factor, the teacher's lowest-loss
   # crop per image, the ipc x factor^2 lowest per class stitched factor x factor. RDED's ImageNet

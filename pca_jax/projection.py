@@ -19,10 +19,14 @@ checkpoints are not counted.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 # GFLOPs of one forward pass at 224 px, width 64 (torchvision's numbers); the rates scale by them
-FLOPS_AT_224 = {"resnet10": 0.89, "resnet18": 1.82, "resnet34": 3.67, "resnet50": 4.11}
+# GFLOPs (multiply-adds) at 224 px, torchvision's model cards; vit_s_16 from DeiT-S (4.6)
+FLOPS_AT_224 = {"resnet10": 0.89, "resnet18": 1.82, "resnet34": 3.67, "resnet50": 4.11,
+                "resnet101": 7.80, "mobilenet_v2": 0.30, "efficientnet_b0": 0.39,
+                "shufflenet_v2_x1_0": 0.14, "vit_s_16": 4.6}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,11 +126,16 @@ def _teacher_cost(config, shape: Shape) -> StageCost:
 
 
 def _student_run(config, shape: Shape, cost: StageCost, stored: int, epochs: int, view: int,
-                 soft: bool, evals: int, teacher_size: int) -> None:
-  """A student trained `epochs` on `stored` images at `view` px, evaluated `evals` times."""
-  cost.add(trained=epochs * stored * model_factor(config.model, view),
+                 soft: bool, evals: int, teacher_size: int, student: str = "") -> None:
+  """A student (config.model, or the model named `student` at its width) trained `epochs` on
+  `stored` images at `view` px, evaluated `evals` times; soft labels from config.model."""
+  model = config.model
+  if student:
+    model = copy.deepcopy(model)
+    model.name = student
+  cost.add(trained=epochs * stored * model_factor(model, view),
            forward=(epochs * stored * model_factor(config.model, teacher_size) if soft else 0) +
-           evals * shape.eval_images * model_factor(config.model, view),
+           evals * shape.eval_images * model_factor(model, view),
            decoded=evals * shape.eval_images)
 
 
@@ -172,7 +181,7 @@ def benchmark_cells(config, shape: Shape) -> tuple[list[dict], list[dict]]:
   from pca_jax.dc.methods import METHODS
   from pca_jax.dc.plan import plan_cells
   cells, skipped = plan_cells(config.benchmark, tuple(config.combine.grid),
-                              config.data.image_size, {})
+                              config.data.image_size, {}, config.model.name)
   smallest, run = min(shape.counts), []
   for cell in cells:
     need = cell["ipc"] * cell["grid"][0] * cell["grid"][1]
@@ -209,7 +218,7 @@ def _benchmark_cost(config, shape: Shape) -> tuple[StageCost, dict]:
     stored = cell["ipc"] * c
     view = size // g[0] if cell.get("resolution") == "patch" else size
     _student_run(config, shape, cost, stored, config.train.epochs, view, cell["label"] == "soft",
-                 evals, size)
+                 evals, size, cell.get("student", ""))
     if cell["label"] == "soft":
       soft_bytes += tables.soft_label_bytes(stored, config.train.epochs, c,
                                             b.soft_label_bytes_per_value)

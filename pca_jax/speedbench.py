@@ -8,6 +8,7 @@
       --host_cores=16 --device_img_per_s=15000   # the score stage, and ImageNet's projected
   python -m pca_jax.speedbench --what=scoring_memory --n_images=50000 --size=64   # peak host RSS
   python -m pca_jax.speedbench --what=torch,train --rounds=6 --steps=5   # JAX vs PyTorch, paired
+  python -m pca_jax.speedbench --what=students --size=16 --width=16   # every student's train step
 
 Every timing warms up first (compilation excluded), times >= --steps steps with
 block_until_ready, and reports the median and the spread (min..max) of img/s over the steps.
@@ -27,11 +28,15 @@ from pathlib import Path
 from absl import app, flags
 
 flags.DEFINE_string("what", "train,score,augment", "comma list: train, score, augment, pipeline, "
-                    "decode, score_stage, scoring_memory, torch (needs requirements-bench.txt)")
+                    "decode, score_stage, scoring_memory, students, torch (needs "
+                    "requirements-bench.txt)")
 flags.DEFINE_integer("batch", 64, "global batch size")
 flags.DEFINE_integer("size", 32, "image resolution")
 flags.DEFINE_integer("width", 64, "ResNet width (64 = ResNet-18)")
 flags.DEFINE_string("model", "resnet18", "model name")
+flags.DEFINE_string("students", "resnet18,mobilenet_v2,efficientnet_b0,shufflenet_v2_x1_0,"
+                    "vit_s_16", "students: the models whose train steps are timed (the first is "
+                    "the reference of the ratios)")
 flags.DEFINE_string("stem", "", "imagenet | small (default: small below 64px)")
 flags.DEFINE_string("dtype", "float32", "compute dtype")
 flags.DEFINE_integer("steps", 20, "timed steps")
@@ -125,7 +130,7 @@ def _train_config(opts):
 
 def _model_and_state(opts, num_classes=1000):
   import jax
-  from pca_jax.models.resnet import create_model
+  from pca_jax.models.registry import create_model
   from pca_jax.training import steps
   stem = opts.stem or ("small" if opts.size < 64 else "imagenet")
   model = create_model(opts.model, num_classes, opts.width, stem, opts.dtype)
@@ -466,7 +471,7 @@ def bench_scoring_memory(opts):
   from pca_jax import augment, parallel, scoring
   from pca_jax.data import pipeline
   from pca_jax.data.sources import ImageFolderSource
-  from pca_jax.models.resnet import create_model
+  from pca_jax.models.registry import create_model
   root = _imagefolder(opts.n_images, opts.size, opts.data_dir)
   src = ImageFolderSource(root)
   model = create_model("resnet18", src.num_classes, 4, "small")  # narrow: memory, not FLOPs
@@ -566,7 +571,28 @@ def bench_paired(opts):
           "paired": {k: p[k] for k in ("ratios", "ratio", "ratio_min", "ratio_max")}}
 
 
-BENCHES = {"torch": bench_torch, "train": bench_train, "score": bench_score, "augment": bench_augment,
+class _WithModel:
+  """opts with another --model (absl's FLAGS stay as parsed)."""
+
+  def __init__(self, opts, model: str):
+    self._opts, self.model = opts, model
+
+  def __getattr__(self, name):
+    return getattr(self._opts, name)
+
+
+def bench_students(opts):
+  """The train step of each student of --students (the benchmark's student axis) at --size,
+  --width, --batch: img/s and the ratio to the first one (ResNet-18 by default)."""
+  names = [n.strip() for n in opts.students.split(",") if n.strip()]
+  out = {}
+  for name in names:
+    out[name] = bench_train(_WithModel(opts, name))
+    out[name]["vs_first"] = out[name]["img_per_s"] / out[names[0]]["img_per_s"]
+  return out
+
+
+BENCHES = {"torch": bench_torch, "train": bench_train, "students": bench_students, "score": bench_score, "augment": bench_augment,
            "pipeline": bench_pipeline, "decode": bench_decode, "score_stage": bench_score_stage,
            "scoring_memory": bench_scoring_memory}
 
@@ -595,6 +621,12 @@ def host_info() -> dict:
 
 def _print_result(name: str, r: dict, size: int) -> None:
   """One bench's result as one or a few lines."""
+  if name == "students":
+    for student, rs in r.items():
+      print(f"{'train ' + student:>26}: {rs['img_per_s']:10.1f} img/s  (min {rs['min']:.1f}, "
+            f"max {rs['max']:.1f}; {rs['vs_first']:.2f}x the first, stem {rs['stem']})",
+            flush=True)
+    return
   if name == "decode":
     for d in (d for d in _decoders(0) if d in r):
       print(f"{'decode ' + d:>22}: {r[d]['img_per_s']:8.1f} img/s, with fit_image "

@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pca_jax.models.resnet import ResNet18, ResNet34, ResNet50, create_model
+from pca_jax.models.registry import create_model
+from pca_jax.models.resnet import ResNet18, ResNet34, ResNet50
 
 
 def _param_count(model, size):
@@ -224,7 +225,7 @@ def test_train_step_on_a_padded_batch_equals_a_step_on_the_real_images():
   """A compressed set's last batch: k real images + weight-0 filler. The update (params and
   BatchNorm running statistics) equals the update on a batch of only the k real images."""
   import optax
-  from pca_jax.models.resnet import create_model
+  from pca_jax.models.registry import create_model
   from pca_jax.training import steps
   model = create_model("resnet10", 3, width=4, stem="small")
   tx = optax.sgd(0.1, momentum=0.9)
@@ -252,7 +253,7 @@ def test_torchvision_initialisation_and_zero_init_residual_option():
   import jax
   import numpy as np
   from flax.traverse_util import flatten_dict
-  from pca_jax.models.resnet import create_model
+  from pca_jax.models.registry import create_model
   x = jax.numpy.zeros((1, 32, 32, 3))
   for zero in (False, True):
     model = create_model("resnet18", 10, width=32, stem="small", zero_init_residual=zero)

@@ -99,7 +99,7 @@ def test_soft_labels_at_patch_resolution_feed_the_teacher_full_size_views():
     return jnp.zeros((x.shape[0], 4))
   spec = steps.LossSpec(4, teacher_apply=teacher_apply, teacher_size=8)
   import optax
-  from pca_jax.models.resnet import create_model
+  from pca_jax.models.registry import create_model
   model = create_model("resnet10", 4, 4, "small")
   state = steps.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (4, 4, 3))
   views = jnp.zeros((2, 4, 4, 3))

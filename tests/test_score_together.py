@@ -11,7 +11,7 @@ from pca_jax import augment, parallel, rng, scoring
 from pca_jax import training as train
 from pca_jax.checks import validate
 from pca_jax.config import base_config
-from pca_jax.models.resnet import create_model
+from pca_jax.models.registry import create_model
 from pca_jax.training import steps
 from tests.helpers import colour_dataset, tiny_config
 
@@ -212,7 +212,7 @@ def test_low_resolution_scoring(tmp_path):
   # the saved (stacked) models reproduce the stored scores on 8 px images, not on 16 px ones
   from pca_jax.data import pipeline
   from pca_jax.data.sources import demo_source
-  from pca_jax.models.resnet import create_model
+  from pca_jax.models.registry import create_model
   from pca_jax.training import load_variables
   stacked = load_variables(wd / "score" / "together")
   variables = [parallel.unstack_tree(stacked, k) for k in range(2)]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pca_jax.dc import synthesis
-from pca_jax.models.resnet import BatchNorm, create_model
+from pca_jax.models.registry import create_model
+from pca_jax.models.resnet import BatchNorm
 
 
 class TinyBN(nn.Module):

@@ -13,7 +13,7 @@ if importlib.util.find_spec("torch") is None:
 import torch
 from torch import nn
 
-from pca_jax.models.resnet import create_model
+from pca_jax.models.registry import create_model
 from pca_jax.models.torch_weights import load_torchvision_resnet, read_state_dict, \
   torchvision_to_flax
 
@@ -103,12 +103,12 @@ _LAYOUTS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet34": (BasicBlock, (3,
 
 
 def _torchvision():
-  """torchvision.models if it imports (with a CPU build of torchvision), else None."""
-  try:
-    import torchvision
-    return torchvision.models
-  except Exception:  # noqa: BLE001 - ImportError, or RuntimeError from a CUDA build on CPU torch
+  """torchvision.models (requirements-bench.txt installs it; tests.helpers.import_torchvision
+  imports PyPI's CUDA-linked wheel next to the CPU torch), else None: the ResNets above."""
+  if importlib.util.find_spec("torchvision") is None:
     return None
+  from tests.helpers import import_torchvision
+  return import_torchvision().models
 
 
 def torch_resnet(name: str, num_classes: int, seed: int = 0) -> nn.Module:
@@ -128,6 +128,10 @@ def torch_resnet(name: str, num_classes: int, seed: int = 0) -> nn.Module:
         m.bias.normal_(0.0, 0.2)
         m.running_mean.normal_(0.0, 0.2)
         m.running_var.uniform_(0.5, 2.0)
+    if name == "resnet101":  # 33 residual additions of random-BN branches: keep the logits ~10
+      for m in net.modules():
+        if hasattr(m, "bn3"):
+          m.bn3.weight.mul_(0.3)
   return net.eval()
 
 
@@ -171,6 +175,37 @@ def test_resnet18_logits_match_torchvision(tmp_path):
 def test_resnet50_bottleneck_logits_match_torchvision(tmp_path):
   # 64px keeps it cheap (~4 s); 64 -> 32 -> 16 -> 8 -> 4 -> 2: every stride-2 conv sees even sizes
   _check(*_compare("resnet50", 10, 64, tmp_path), atol=1e-3)
+
+
+def test_resnet101_logits_match_torchvision(tmp_path):
+  if _torchvision() is None:
+    pytest.importorskip("torchvision")
+  _check(*_compare("resnet101", 10, 64, tmp_path), atol=1e-3)
+
+
+def test_export_round_trip_gives_torchs_logits():
+  """flax_to_torchvision(variables) loads strictly into torchvision's model, whose eval logits
+  equal the Flax model's (the export of a pca_jax-trained teacher for the reference trainer)."""
+  from pca_jax.models.torch_weights import flax_to_torchvision
+  model = create_model("resnet18", 10, width=64, stem="imagenet")
+  x = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype(np.float32)
+  variables = jax.device_get(model.init(jax.random.key(3), x, train=False))
+  # trained-looking statistics: non-trivial BN so that every mapping is exercised
+  variables = jax.tree.map(lambda v: v + 0.1 * np.random.default_rng(v.size).normal(
+      size=v.shape).astype(np.float32) ** 2, variables)
+  sd = flax_to_torchvision(variables, model)
+  net = torch_resnet("resnet18", 10)
+  net.load_state_dict(sd, strict=True)
+  with torch.no_grad():
+    ref = net.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  out = np.asarray(model.apply(variables, x, train=False))
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+  assert np.abs(ref).max() > 1e-2
+  back = torchvision_to_flax(sd, model)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match=r"variables have no params/conv_init/kernel"):
+    flax_to_torchvision({"params": {}}, model)
 
 
 def test_variables_have_the_structure_of_init(tmp_path):

@@ -324,7 +324,7 @@ def test_full_dataset_crops_are_drawn_from_the_decoded_image():
 
 
 def test_evaluate_saved_variables_without_the_trainer(tmp_path):
-  from pca_jax.models.resnet import model_from_config
+  from pca_jax.models.registry import model_from_config
   cfg = tiny_config(epochs=4, lr=3e-2)
   state, m = train.train(cfg, tmp_path, _memory(64), colour_source(48), log=lambda s: None)
   variables = train.load_variables(tmp_path)

@@ -1,8 +1,9 @@
-"""Which benchmark cells to run (method x grid x IPC x label mode x seed x resolution), what
-the benchmark needs (scores, a teacher), and the benchmark block's checks."""
+"""Which benchmark cells to run (method x grid x IPC x label mode x seed x resolution x student),
+what the benchmark needs (scores, a teacher), and the benchmark block's checks."""
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 from pca_jax.dc.methods import EXTERNAL, METHODS
@@ -26,21 +27,35 @@ def needs_scores(bench) -> bool:
 
 
 def cell_id(c: dict) -> str:
+  """e.g. "pca-ipc10-g2x2-hard-s0", "...-s0-rpatch" (resolution), "...-s0-mobilenet_v2" (a
+  student other than config.model's: the cells of the main student keep their ids whatever
+  benchmark.students lists, so adding a student reruns nothing that ran)."""
   g = c["grid"]
   res = c.get("resolution", "full")
   return (f"{c['method']}-ipc{c['ipc']}-g{g[0]}x{g[1]}-{c['label']}-s{c['seed']}"
-          + ("" if res == "full" else f"-r{res}"))
+          + ("" if res == "full" else f"-r{res}")
+          + (f"-{c['student']}" if c.get("student") else ""))
+
+
+def students(bench, model_name: str) -> list[str]:
+  """The benchmark's students in order: benchmark.students, or config.model's alone."""
+  names = [str(s).strip() for s in (bench.get("students") or ()) if str(s).strip()]
+  return names or [model_name]
 
 
 def plan_cells(bench, combine_grid: Sequence[int], image_size: int,
-               external: dict[str, int] | None = None) -> tuple[list[dict], list[dict]]:
+               external: dict[str, int] | None = None, model_name: str = ""
+               ) -> tuple[list[dict], list[dict]]:
   """All cells to run, and the skipped ones with the reason (grid not dividing the image size).
 
   Each method's grids come from its registry entry (pca_jax.dc.methods): whole images (1x1), the
   PCA grid, or every grid of the sweep (bench.grids); external runs once per given set at its own
-  IPC. Resolutions other than "full" apply to mosaics with square cells only.
+  IPC. Resolutions other than "full" apply to mosaics with square cells only. Every cell runs
+  once per student (benchmark.students); a cell of another student than model_name (config.model's)
+  carries it as "student".
   """
   methods = method_names(bench)
+  names_of_students = students(bench, model_name)
   for m in methods:
     if m not in METHODS and m != EXTERNAL:
       raise ValueError(f"unknown benchmark method {m!r}; choose from "
@@ -70,11 +85,14 @@ def plan_cells(bench, combine_grid: Sequence[int], image_size: int,
           for label in bench.label_modes:
             for seed in bench.seeds:
               for res in resolutions:
-                c = {"method": method if not name else f"{EXTERNAL}:{name}", "ipc": int(ipc),
-                     "grid": (int(grid[0]), int(grid[1])), "label": label, "seed": int(seed)}
-                if res != "full":
-                  c["resolution"] = res
-                cells.append(c)
+                for student in names_of_students:
+                  c = {"method": method if not name else f"{EXTERNAL}:{name}", "ipc": int(ipc),
+                       "grid": (int(grid[0]), int(grid[1])), "label": label, "seed": int(seed)}
+                  if res != "full":
+                    c["resolution"] = res
+                  if student != model_name:
+                    c["student"] = student
+                  cells.append(c)
   return cells, skipped
 
 
@@ -88,7 +106,9 @@ def check_benchmark_block(config) -> None:
   bench = config.benchmark
   for field in ("rded_mipc", "rded_num_crop", "rded_factor", "soft_label_bytes_per_value"):
     check_positive_int(f"benchmark.{field}", bench[field])
-  cells, _ = plan_cells(bench, tuple(config.combine.grid), config.data.image_size, {"x": 1})
+  cells, _ = plan_cells(bench, tuple(config.combine.grid), config.data.image_size, {"x": 1},
+                        config.model.name)
+  check_students(config, cells)
   rded = [c for c in cells if c["method"] == "rded"]
   if rded:
     need = max(c["ipc"] for c in rded) * bench.rded_factor ** 2
@@ -119,3 +139,44 @@ def _check_precomputed_scores(config) -> None:
                        f"gives only precomputed {config.score.kind} scores (score.kind); drop "
                        f"{name} from benchmark.methods, set score.kind to the scores' kind, or "
                        "leave score.scores_path empty to compute every score")
+
+
+def check_students(config, cells: list[dict]) -> None:
+  """benchmark.students: registered models, each able to take the views its cells train on
+  (e.g. a ViT's patch size must divide them); benchmark.student_overrides: train fields of listed
+  students; sre2l / cda need a teacher (config.model) with BatchNorm."""
+  from pca_jax.models.registry import STUDENTS, has_batch_norm, image_size_problem
+  from pca_jax.training.views import view_sizes
+  bench, model = config.benchmark, config.model
+  names = students(bench, model.name)
+  for name in names:
+    if name not in STUDENTS:
+      raise ValueError(f"unknown benchmark student {name!r}; choose from {', '.join(STUDENTS)}")
+  if len(set(names)) != len(names):
+    raise ValueError(f"benchmark.students lists a student twice: {', '.join(names)}")
+  for name, fields in (bench.get("student_overrides") or {}).items():
+    if name not in STUDENTS:
+      raise ValueError(f"benchmark.student_overrides names {name!r}, not a model; choose from "
+                       f"{', '.join(STUDENTS)}")
+    for field in fields:
+      if field not in config.train:
+        raise ValueError(f"benchmark.student_overrides.{name}.{field} is not a train field; "
+                         f"use one of config.train's (e.g. lr, warmup_epochs, weight_decay)")
+  sizes = {}
+  for c in cells:
+    tc = copy.deepcopy(config.train)
+    tc.grid, tc.resolution = tuple(c["grid"]), c.get("resolution", "full")
+    tc.image_size = config.data.image_size
+    sizes.setdefault(c.get("student", model.name), set()).update(view_sizes(tc)[:2])
+  for name in names:
+    for size in sorted(sizes.get(name, ())):
+      problem = image_size_problem(name, size, model.width, model.stem)
+      if problem:
+        raise ValueError(f"benchmark student {name} cannot train on the {size} px views of this "
+                         f"benchmark: {problem}")
+  dd = [m for m in method_names(bench) if m in ("sre2l", "cda")]
+  if dd and not has_batch_norm(model.name):
+    raise ValueError(f"benchmark methods {', '.join(dd)} recover images from the teacher's "
+                     f"BatchNorm statistics, but the teacher (model.name={model.name}) has no "
+                     "BatchNorm; use a ResNet / MobileNet / EfficientNet / ShuffleNet teacher or "
+                     "drop them")

@@ -22,7 +22,8 @@ from pca_jax import fs, rng
 from pca_jax.config import EVAL_DATA, TRAIN_DATA, config_values, fingerprint
 from pca_jax.dc import tables
 from pca_jax.dc.methods import EXTERNAL, METHODS
-from pca_jax.dc.plan import cell_id, method_names, needs_scores, needs_teacher, plan_cells
+from pca_jax.dc.plan import cell_id, method_names, needs_scores, needs_teacher, plan_cells, \
+  students
 from pca_jax.tracking import Tracker
 
 TABLES = ("benchmark.csv", "benchmark.md", "benchmark.json", "benchmark.png")
@@ -30,8 +31,11 @@ TABLES = ("benchmark.csv", "benchmark.md", "benchmark.json", "benchmark.png")
 
 # ---------------------------------------------------------------------------------- the teacher
 def _teacher_model(run):
-  from pca_jax.models.resnet import model_from_config
-  return model_from_config(run.config.model, run.train_source.num_classes)
+  """config.model for the dataset; a ViT's position embedding at the stored image size (a
+  teacher labels views at that size, and torchvision weights load at it)."""
+  from pca_jax.models.registry import model_from_config
+  return model_from_config(run.config.model, run.train_source.num_classes,
+                           run.config.data.image_size)
 
 
 def teacher_variables(run):
@@ -40,8 +44,8 @@ def teacher_variables(run):
   from pca_jax.training import load_variables
   bench = run.config.benchmark
   if bench.teacher_weights:
-    from pca_jax.models.torch_weights import load_torchvision_resnet
-    return load_torchvision_resnet(bench.teacher_weights, _teacher_model(run))
+    from pca_jax.models.torch_weights import load_torchvision
+    return load_torchvision(bench.teacher_weights, _teacher_model(run))
   return load_variables(bench.teacher_workdir or run.path("teacher"))
 
 
@@ -96,7 +100,9 @@ def check_teacher(run) -> None:
                      "one teacher")
   if bench.teacher_weights and not fs.path(bench.teacher_weights).is_file():
     raise ValueError(f"benchmark.teacher_weights {bench.teacher_weights} does not exist; pass the "
-                     "path of a torchvision ResNet state_dict (.pth)")
+                     f"path of a torchvision {run.config.model.name} state_dict (.pth)")
+  if bench.teacher_weights:  # a file of another architecture, width or class count: now, not
+    teacher_variables(run)   # after the score stage
 
 
 def stage_teacher(run, stage) -> dict:
@@ -276,14 +282,26 @@ def build_set(run, stage, ctx: SetContext, cache: BenchmarkCache, method: str, i
 def cell_trainer_config(run, cell: dict, crop: str):
   """The student's trainer config for one cell: config.train with the cell's crop, grid, labels
   and resolution, periodic evaluation every benchmark.eval_every_epochs (0: final only), and the
-  cell's own seed."""
+  cell's own seed; the cell's student (config.model with its name) with its
+  benchmark.student_overrides applied to the train block (the same for every method)."""
   tc = copy.deepcopy(run.config.train)
   tc.crop = crop
   tc.grid = tuple(cell["grid"])
   tc.label_mode = cell["label"]
   tc.resolution = cell.get("resolution", "full")
   tc.eval_every_epochs = int(run.config.benchmark.get("eval_every_epochs", 0))
-  return run.trainer_config(tc, rng.derive_seed(run.config.seed, "cell", cell["seed"]))
+  student = cell_student(run.config, cell)
+  for field, value in (run.config.benchmark.get("student_overrides") or {}).get(student,
+                                                                                {}).items():
+    tc[field] = value
+  mc = run.trainer_config(tc, rng.derive_seed(run.config.seed, "cell", cell["seed"]))
+  mc.model.name = student
+  return mc
+
+
+def cell_student(config, cell: dict) -> str:
+  """The model a cell trains: its "student", or config.model's."""
+  return cell.get("student") or config.model.name
 
 
 def _periodic_eval(config) -> list:
@@ -349,8 +367,8 @@ def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> tuple[dict,
   out = run.path("benchmark", "runs", cid.replace(":", "_"))
   cached = cache.rows.get(out.name)
   if cached is not None:
-    if cached.get("fingerprint") == fp:
-      return cached, True
+    if cached.get("fingerprint") == fp:  # rows from before the student axis have no "student"
+      return {"student": cell_student(cfg, cell), **cached}, True
     fs.remove(out / "row.json")  # made from other inputs: the trainer drops its stale checkpoints
   images, labels, manifest = _cell_data(run, stage, ctx, cache, cell, externals)
   grid, search = tuple(cell["grid"]), manifest.get("tune")
@@ -373,7 +391,8 @@ def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> tuple[dict,
   n_images = int(len(images))
   external = cell["method"].startswith(EXTERNAL)
   per_class = None if external else cell["ipc"] * grid[0] * grid[1]
-  row = {**cell, "grid": list(cell["grid"]), "top1": m["eval_top1"], "top5": m["eval_top5"],
+  row = {**cell, "student": cell_student(cfg, cell), "grid": list(cell["grid"]),
+         "top1": m["eval_top1"], "top5": m["eval_top5"],
          "top1_best": best,
          "top1_best_epoch": int(best_epoch) if best_epoch.is_integer() else round(best_epoch, 3),
          "stored_images": n_images, "source_images_per_class": per_class,
@@ -398,7 +417,7 @@ def _track_cell(out, cfg, cid: str, row: dict, steps: int) -> None:
   tracker = Tracker(out, cfg.get("log"), name=cid)
   try:
     tracker.result({k: (row[k] if not isinstance(row[k], list) else "x".join(map(str, row[k])))
-                    for k in ("method", "ipc", "label", "seed", "grid", "resolution")
+                    for k in ("method", "ipc", "label", "seed", "grid", "resolution", "student")
                     if k in row},
                    {"benchmark/top1": row["top1"], "benchmark/best_top1": row["top1_best"]},
                    steps)
@@ -423,7 +442,7 @@ def check_benchmark(run) -> None:
                        "name=/path/to/imagefolder or name=/path/to/parquet_download")
     open_external(run, path)  # columns, classes: fail before any stage runs
   cells, _ = plan_cells(cfg.benchmark, cfg.combine.grid, cfg.data.image_size,
-                        {name: 1 for name in external_paths(cfg)})
+                        {name: 1 for name in external_paths(cfg)}, cfg.model.name)
   from pca_jax.pca.tune import check_search_budget
   src = run.train_source
   for ipc in sorted({c["ipc"] for c in cells if c["method"] in METHODS and
@@ -502,12 +521,22 @@ def _benchmark_markdown(run, agg, rows, skipped, title: str, full_top1, why: str
       "search chose, the others RandomResizedCrop of the stored image.\n")
 
 
+def _overrides_note(cfg) -> str:
+  """The per-student train overrides in force, e.g. "vit_s_16: lr=0.0005, warmup_epochs=5"."""
+  listed = set(students(cfg.benchmark, cfg.model.name))
+  parts = [f"{name}: " + ", ".join(f"{k}={v}" for k, v in fields.items())
+           for name, fields in (cfg.benchmark.get("student_overrides") or {}).items()
+           if name in listed and fields]
+  return "; ".join(parts)
+
+
 def stage_benchmark(run, stage) -> dict:
   """Runs every planned cell (cached ones are reused); writes the tables and the plot."""
   cfg = run.config
   externals = {name: load_external(run, p) for name, p in external_paths(cfg).items()}
   ext_ipc = {name: int(np.bincount(labels).max()) for name, (_, labels) in externals.items()}
-  cells, skipped = plan_cells(cfg.benchmark, cfg.combine.grid, cfg.data.image_size, ext_ipc)
+  cells, skipped = plan_cells(cfg.benchmark, cfg.combine.grid, cfg.data.image_size, ext_ipc,
+                              cfg.model.name)
   rows = _run_cells(run, stage, cells, skipped, externals)
   # DD-Ranking's full-data accuracy: the teacher's (same model, full train split, same test split)
   teacher = stage.upstream.get("teacher")
@@ -520,14 +549,20 @@ def stage_benchmark(run, stage) -> dict:
   title = f"DC benchmark: {run.train_source.name}, {cfg.model.name} (width {cfg.model.width}), " \
           f"{cfg.train.epochs} epochs, final test top-1 % (after the last epoch)"
   tables.write_csv(rows, run.path("benchmark.csv"))
-  fs.save_text(run.path("benchmark.md"),
-               _benchmark_markdown(run, agg, rows, skipped, title, full_top1, why))
+  main = [a for a in agg if a["student"] == cfg.model.name]
+  md = _benchmark_markdown(run, main, [r for r in rows if r["student"] == cfg.model.name],
+                           skipped, title, full_top1, why)
+  if len(students(cfg.benchmark, cfg.model.name)) > 1:
+    md += "\n" + tables.student_table(agg, students(cfg.benchmark, cfg.model.name),
+                                       cfg.model.name, _overrides_note(cfg))
+  fs.save_text(run.path("benchmark.md"), md)
   fs.save_json(run.path("benchmark.json"), {
       "rows": rows, "aggregate": agg, "skipped": skipped,
       "eval_every_epochs": int(cfg.benchmark.get("eval_every_epochs", 0)),
       "dd_ranking": {"accuracy": tables.DD_RANKING_ACCURACY, "full_data_top1": full_top1,
                      "full_data_missing": why}})
   if agg:
-    tables.plot(agg, run.path("benchmark.png"), title)
+    tables.plot(agg, run.path("benchmark.png"), title,
+                students(cfg.benchmark, cfg.model.name))
   run.log(f"[benchmark] {len(rows)} cells -> {run.path('benchmark.md')}")
   return {"cells": len(rows), "skipped": len(skipped)}

@@ -91,15 +91,16 @@ def dd_ranking_scores(top1: float | None, random_top1: float | None,
 
 
 def _random_key(r: dict) -> tuple:
-  return int(r["ipc"]), r["label"], int(r["seed"])
+  return int(r["ipc"]), r["label"], int(r["seed"]), r.get("student", "")
 
 
 def with_dd_ranking(rows: list[dict], full_top1: float | None,
                     key: str = DD_RANKING_ACCURACY) -> list[dict]:
   """Copies of the rows with "ior", "hlr", "lrs" (see dd_ranking_scores) from their `key` top-1.
   A row's random partner is the `random` row (whole images, full resolution) with the same IPC,
-  label mode and seed: the same number of real images, labels and student initialisation. Its
-  hard partner (for HLR) is the same method, grid, IPC, seed and resolution with hard labels."""
+  label mode, seed and student: the same number of real images, labels and student
+  initialisation. Its hard partner (for HLR) is the same method, grid, IPC, seed, resolution and
+  student with hard labels."""
   randoms = {_random_key(r): r.get(key) for r in rows
              if r["method"] == "random" and tuple(r["grid"]) == (1, 1)
              and r.get("resolution", "full") == "full"}
@@ -111,7 +112,7 @@ def with_dd_ranking(rows: list[dict], full_top1: float | None,
 
 def _hard_key(r: dict) -> tuple:
   return (r["method"], tuple(r["grid"]), int(r["ipc"]), int(r["seed"]),
-          r.get("resolution", "full"))
+          r.get("resolution", "full"), r.get("student", ""))
 
 
 # ---------------------------------------------------------------------------------- aggregation
@@ -125,16 +126,20 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-  """Mean and sample std over seeds per (method, grid, ipc, label, resolution) of top-1 (final),
-  top1_best and, where the rows carry them, the DD-Ranking scores ior / hlr / lrs."""
+  """Mean and sample std over seeds per (method, grid, ipc, label, resolution, student) of top-1
+  (final), top1_best and, where the rows carry them, the DD-Ranking scores ior / hlr / lrs.
+  Groups come in order of the first row of each (the plan's order: students as listed)."""
   groups: dict[tuple, list[dict]] = {}
   for r in rows:
-    key = (r["method"], tuple(r["grid"]), int(r["ipc"]), r["label"], r.get("resolution", "full"))
+    key = (r["method"], tuple(r["grid"]), int(r["ipc"]), r["label"], r.get("resolution", "full"),
+           r.get("student", ""))
     groups.setdefault(key, []).append(r)
   out = []
-  for (method, grid, ipc, label, res), rs in sorted(groups.items()):
+  for (method, grid, ipc, label, res, student), rs in sorted(
+      groups.items(), key=lambda kv: (kv[0][:5], list(groups).index(kv[0]))):
     acc = np.array([r["top1"] for r in rs], float)
     a = {"method": method, "grid": grid, "ipc": ipc, "label": label, "resolution": res,
+         "student": student,
          "n": len(rs), "train_img_per_s": float(np.mean(
              [r.get("train_img_per_s") or 0.0 for r in rs])),
          "train_wall_s": float(np.mean([r.get("train_wall_s") or 0.0 for r in rs])),
@@ -316,9 +321,40 @@ def search_table(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def student_table(agg: list[dict], students: list[str], teacher: str, overrides: str = "") -> str:
+  """The cross-architecture table: at each IPC and label mode, a row per method and a column per
+  student (final top-1, mean ± std over seeds). Soft-label columns name the teacher -> student
+  pair: the teacher is one model (config.model) for every student."""
+  ipcs = sorted({a["ipc"] for a in agg})
+  labels = [l for l in LABEL_MODES if any(a["label"] == l for a in agg)]
+  by = {(_name(a["method"], a["grid"], a.get("resolution", "full")), a["ipc"], a["label"],
+         a["student"]): a for a in agg}
+  names = []
+  for a in agg:
+    n = _name(a["method"], a["grid"], a.get("resolution", "full"))
+    if n not in names:
+      names.append(n)
+  lines = ["## Cross-architecture: the same sets, other students", "",
+           f"Final test top-1 %. Every set is built once and trained on by each student with the "
+           f"same schedule; soft labels come from one teacher ({teacher})."
+           + (f" Per-student train overrides: {overrides}." if overrides else ""), ""]
+  for i in ipcs:
+    for l in labels:
+      head = [f"IPC {i}, {l} labels"] + [s if l == "hard" else f"{teacher} → {s}"
+                                          for s in students]
+      lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+      for n in names:
+        cells = [_mean_pm_std(by[k]["top1_mean"], by[k]["top1_std"], by[k]["n"])
+                 if (k := (n, i, l, s)) in by else "" for s in students]
+        if any(cells):
+          lines.append("| " + " | ".join([n] + cells) + " |")
+      lines.append("")
+  return "\n".join(lines)
+
+
 def write_csv(rows: list[dict], path) -> None:
   from pca_jax.fs import save_text
-  fields = ["method", "ipc", "grid", "label", "seed", "resolution", "view_size", "top1",
+  fields = ["method", "student", "ipc", "grid", "label", "seed", "resolution", "view_size", "top1",
             "top1_best", "top1_best_epoch", "top5", "ior", "hlr", "lrs", "stored_images",
             "source_images_per_class", "bytes_images", "bytes_soft_labels", "train_wall_s",
             "train_img_per_s", "chosen", "chosen_val_top1", "search_wall_s"]
@@ -326,44 +362,58 @@ def write_csv(rows: list[dict], path) -> None:
   w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
   w.writeheader()
   for r in sorted(rows, key=lambda r: (r["method"], tuple(r["grid"]), r["ipc"], r["label"],
-                                       r["seed"], r.get("resolution", "full"))):
+                                       r["seed"], r.get("resolution", "full"),
+                                       r.get("student", ""))):
     w.writerow({**r, "grid": f"{r['grid'][0]}x{r['grid'][1]}"})
   save_text(path, buf.getvalue())
 
 
-def plot(agg: list[dict], path, title: str) -> None:
-  """benchmark.png: top-1 vs IPC per method; one panel per label mode."""
+def plot(agg: list[dict], path, title: str, students: list[str] | None = None) -> None:
+  """benchmark.png: top-1 vs IPC per method; one panel per label mode, and a row of panels per
+  student when there are several."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   from pca_jax.fs import write_file
   labels = [l for l in LABEL_MODES if any(a["label"] == l for a in agg)]
-  fig, axes = plt.subplots(1, len(labels), figsize=(6.5 * len(labels), 4.5), squeeze=False,
+  students = students or sorted({a.get("student", "") for a in agg})
+  fig, axes = plt.subplots(len(students), len(labels),
+                           figsize=(6.5 * len(labels), 4.5 * len(students)), squeeze=False,
                            sharey=True)
-  for ax, l in zip(axes[0], labels):
-    names = []
-    for a in agg:
-      n = _name(a["method"], a["grid"], a.get("resolution", "full"))
-      if a["label"] == l and n not in names:
-        names.append(n)
-    for i, n in enumerate(names):
-      pts = sorted((a["ipc"], a["top1_mean"], a["top1_std"]) for a in agg if a["label"] == l
-                   and _name(a["method"], a["grid"], a.get("resolution", "full")) == n)
-      x, y, e = zip(*pts)
-      style = "-o" if n.startswith("pca") else "--s" if n.startswith("external") else "-."
-      ax.errorbar(x, y, yerr=e, fmt=style, capsize=3, label=n, color=plt.cm.tab20(i % 20),
-                  lw=2 if n.startswith("pca") else 1)
-    ax.set_xscale("log")
-    ax.set_xticks(sorted({a["ipc"] for a in agg}))
-    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.set_xlabel("images per class (IPC)")
-    ax.set_title(f"{l} labels")
-    ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel("test top-1 %")
+  for row, student in enumerate(students):
+    mine = [a for a in agg if a.get("student", "") == student]
+    for ax, l in zip(axes[row], labels):
+      _plot_panel(ax, mine, l, f"{l} labels" + (f", student {student}" if len(students) > 1
+                                                 else ""))
+    axes[row][0].set_ylabel("test top-1 %")
   axes[0][-1].legend(fontsize=7, loc="lower right")
   suptitle(fig, title)
   write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
   plt.close(fig)
+
+
+def _plot_panel(ax, agg: list[dict], l: str, title: str) -> None:
+  """One panel: top-1 vs IPC of every method with `l` labels in agg."""
+  import matplotlib
+  import matplotlib.pyplot as plt
+  names = []
+  for a in agg:
+    n = _name(a["method"], a["grid"], a.get("resolution", "full"))
+    if a["label"] == l and n not in names:
+      names.append(n)
+  for i, n in enumerate(names):
+    pts = sorted((a["ipc"], a["top1_mean"], a["top1_std"]) for a in agg if a["label"] == l
+                 and _name(a["method"], a["grid"], a.get("resolution", "full")) == n)
+    x, y, e = zip(*pts)
+    style = "-o" if n.startswith("pca") else "--s" if n.startswith("external") else "-."
+    ax.errorbar(x, y, yerr=e, fmt=style, capsize=3, label=n, color=plt.cm.tab20(i % 20),
+                lw=2 if n.startswith("pca") else 1)
+  ax.set_xscale("log")
+  ax.set_xticks(sorted({a["ipc"] for a in agg}))
+  ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+  ax.set_xlabel("images per class (IPC)")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
 
 
 def suptitle(fig, title: str):

@@ -1,4 +1,4 @@
-"""Flax linen ResNets in the torchvision layout (ResNet-18/34/50, plus ResNet-10 for tests).
+"""Flax linen ResNets in the torchvision layout (ResNet-18/34/50/101, plus ResNet-10 for tests).
 
 `stem="imagenet"`: 7x7 stride-2 conv + 3x3 stride-2 max-pool (224px inputs).
 `stem="small"`: 3x3 stride-1 conv, no max-pool (CIFAR-sized inputs, 8-64px).
@@ -373,46 +373,8 @@ ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=ResNetB
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=ResNetBlock)
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckResNetBlock)
 
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=BottleneckResNetBlock)
+
 PADDINGS = ("torch", "same")
-MODELS = {"resnet10": ResNet10, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def create_model(name: str, num_classes: int, width: int = 64, stem: str = "imagenet",
-                 dtype: str = "float32", zero_init_residual: bool = False,
-                 padding: str = "torch") -> ResNet:
-  """Builds a model by name, with a clear error for unknown names/dtypes."""
-  if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-  if dtype not in DTYPES:
-    raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-  if stem not in ("imagenet", "small"):
-    raise ValueError(f"unknown stem {stem!r}; use 'imagenet' (224px) or 'small' (<=64px)")
-  if width < 1:
-    raise ValueError(f"model width must be >= 1, got {width}")
-  if padding not in PADDINGS:
-    raise ValueError(f"unknown model padding {padding!r}; choose one of {PADDINGS}")
-  return MODELS[name](num_classes=num_classes, width=width, stem=stem, dtype=DTYPES[dtype],
-                      zero_init_residual=zero_init_residual, padding=padding)
-
-
-STEMS = ("imagenet", "small")
-
-
-def check_model_block(model) -> None:
-  """The model block: a registered model, dtype, padding and stem, a positive width."""
-  from pca_jax.config import check_choice, check_positive_int
-  check_choice("model.name", model.name, sorted(MODELS))
-  check_choice("model.dtype", model.dtype, sorted(DTYPES))
-  check_choice("model.padding", model.get("padding", "torch"), PADDINGS,
-               " (torch: torchvision's layout; same: checkpoints made before it)")
-  check_choice("model.stem", model.stem, STEMS)
-  check_positive_int("model.width", model.width)
-
-
-def model_from_config(model_config: Any, num_classes: int) -> ResNet:
-  """create_model from a config's `model` block (name, width, stem, dtype, zero_init_residual,
-  padding)."""
-  return create_model(model_config.name, num_classes, model_config.width, model_config.stem,
-                      model_config.dtype, model_config.get("zero_init_residual", False),
-                      model_config.get("padding", "torch"))
+RESNETS = {"resnet10": ResNet10, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50,
+           "resnet101": ResNet101}

@@ -193,7 +193,14 @@ class Family:
 
 def families() -> list[Family]:
   """Every family with a torchvision mapping (ResNets first)."""
-  return [Family("resnet", ResNet, _resnet_mapping, _resnet_keys, _resnet_model, _resnet_check)]
+  out = [Family("resnet", ResNet, _resnet_mapping, _resnet_keys, _resnet_model, _resnet_check)]
+  from pca_jax.models import mobilenet
+  out.append(mobilenet.torch_family())
+  from pca_jax.models import efficientnet
+  out.append(efficientnet.torch_family())
+  from pca_jax.models import shufflenet; out.append(shufflenet.torch_family())
+  from pca_jax.models import vit; out.append(vit.torch_family())
+  return out
 
 
 def _family_of(model: Any) -> Family:
@@ -222,6 +229,11 @@ def _shape_hint(key: str, got: tuple, want: tuple, model: Any) -> str:
     stem = "imagenet" if got[2:] == (7, 7) else "small" if got[2:] == (3, 3) else None
     fix = f"build the model with stem={stem!r}" if stem else "no pca_jax stem matches"
     return f": the file has a {got[2]}x{got[3]} stem conv, the model stem={model.stem!r}; {fix}"
+  if key == "encoder.pos_embedding" and len(got) == 3 and got[1] != want[1]:
+    patch = getattr(model, "patch_size", 16)
+    side = int(round((got[1] - 1) ** 0.5)) * patch
+    return (f": the file's position embedding has {got[1] - 1} patches ({side} px images at patch "
+            f"{patch}); build the model with image_size={side}")
   if key == "conv1.weight" and len(got) == 4 and got[0] != want[0]:
     return f": the file has width {got[0]}, the model width={model.width}; use width={got[0]}"
   return ""
@@ -317,7 +329,7 @@ def flax_to_torchvision(variables: Mapping[str, Any], model: Any) -> dict[str, A
       value = value.transpose(3, 2, 0, 1)
     elif kind == "dense":
       value = value.T
-    out[key] = torch.from_numpy(np.ascontiguousarray(value))
+    out[key] = torch.from_numpy(np.array(value, np.float32, order="C"))  # writable, owned
     if key.endswith(".running_var"):
       out[key[:-len("running_var")] + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
   return out

@@ -123,7 +123,7 @@ def _score_all(run, variables, names, desc) -> dict:
   batch: {name: [K, N]}."""
   from pca_jax import augment, parallel
   from pca_jax.data import pipeline
-  from pca_jax.models.resnet import model_from_config
+  from pca_jax.models.registry import model_from_config
   from pca_jax.training.metrics import Progress
   cfg, src = run.config, run.train_source
   n = len(src.labels)

@@ -174,7 +174,7 @@ def stage_train(run, stage) -> dict:
 
 def stage_eval(run, stage) -> dict:
   """Top-1/top-5 of the final params on the real test/val split, without the trainer."""
-  from pca_jax.models.resnet import model_from_config
+  from pca_jax.models.registry import model_from_config
   from pca_jax.training import evaluate, load_variables
   from pca_jax.training.views import view_sizes
 

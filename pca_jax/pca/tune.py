@@ -299,7 +299,7 @@ def candidate_trainer_config(run, cand: Candidate, seed: int):
 def _train_and_validate(run, cand: Candidate, data, val_source, workdir, seed: int,
                         run_fp: str) -> float:
   """Val top-1 (%) of a fresh student trained on one candidate set (checkpoints removed after)."""
-  from pca_jax.models.resnet import model_from_config
+  from pca_jax.models.registry import model_from_config
   from pca_jax.training import evaluate, train, variables_of
   from pca_jax.training.views import view_sizes
   cfg = run.config

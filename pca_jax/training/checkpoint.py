@@ -98,4 +98,5 @@ def load_variables(workdir: fs.PathLike, step: int | None = None) -> dict:
   finally:
     manager.close()
   # host arrays: the caller places them on its own mesh (no device-to-device copy across hosts)
-  return jax.device_get({"params": tree["params"], "batch_stats": tree["batch_stats"]})
+  # a model without BatchNorm (ViT) saved an empty batch_stats, which the restore may leave out
+  return jax.device_get({"params": tree["params"], "batch_stats": tree.get("batch_stats", {})})

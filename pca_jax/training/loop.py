@@ -20,7 +20,7 @@ import numpy as np
 
 from pca_jax import augment, fs, parallel, rng
 from pca_jax.config import config_values, fingerprint as config_fingerprint
-from pca_jax.models.resnet import model_from_config
+from pca_jax.models.registry import model_from_config
 from pca_jax.tracking import Tracker
 from pca_jax.training.checkpoint import Checkpointer
 from pca_jax.training.evaluate import evaluate, make_eval_step

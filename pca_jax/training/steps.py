@@ -33,6 +33,11 @@ def variables_of(state: TrainState) -> dict:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+# The rng stream of dropout / stochastic depth (EfficientNet, MobileNetV2, ViT in train mode),
+# folded from the step's key so that CutMix's draws stay those of a model without dropout.
+DROPOUT_STREAM = 0x64726F70
+
+
 @functools.lru_cache(maxsize=16)
 def _jitted_init(model, image_shape: tuple) -> Callable:
   """key -> the variables of `model` (a hashable Flax module) for image_shape, one jitted function
@@ -45,7 +50,7 @@ def create_train_state(model, tx, key: jax.Array, image_shape) -> TrainState:
   """Initialises params/batch stats with a dummy batch of one image of image_shape [H, W, C]."""
   variables = _jitted_init(model, tuple(image_shape))(key)
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                           batch_stats=variables.get("batch_stats"))
+                           batch_stats=variables.get("batch_stats", {}))
 
 
 def create_train_states(model, tx, keys: Sequence[jax.Array], image_shape) -> TrainState:
@@ -59,7 +64,7 @@ def create_train_states(model, tx, keys: Sequence[jax.Array], image_shape) -> Tr
   def one(key):
     variables = model.init(key, jnp.zeros((1, *image_shape)), train=False)
     state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                              batch_stats=variables.get("batch_stats"))
+                              batch_stats=variables.get("batch_stats", {}))
     return state.replace(step=jnp.zeros((), jnp.int32))
   init = jax.jit(one)
   return parallel.stack_trees([init(key) for key in keys])
@@ -163,7 +168,8 @@ def train_update(state: TrainState, views, labels, weights, spec: LossSpec, teac
 
   def loss_fn(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, views,
-                                     train=True, mutable=["batch_stats"], **bn_weights)
+                                     train=True, mutable=["batch_stats"], **bn_weights,
+                                     rngs={"dropout": jax.random.fold_in(key, DROPOUT_STREAM)})
     if spec.teacher_apply is None:
       per_example = optax.softmax_cross_entropy(logits, targets)
     else:
@@ -173,7 +179,8 @@ def train_update(state: TrainState, views, labels, weights, spec: LossSpec, teac
     return loss, (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+  # a model without BatchNorm (ViT) has no batch_stats: the state keeps its empty dict
+  state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
   correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
   acc = jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0)
   return state, {"loss": loss, "acc": acc}
