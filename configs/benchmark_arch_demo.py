@@ -23,6 +23,7 @@ def get_config():
   c.score.aum = False
   c.benchmark.methods = "random,el2n_easy,pca,pca_auto"
   c.benchmark.ipcs = (10,)
+  c.benchmark.grids = ((2, 2),)       # pca at the demo's grid only (no grid sweep)
   c.benchmark.label_modes = ("hard",)
   c.benchmark.seeds = (0, 1)
   c.benchmark.students = ("resnet18", "mobilenet_v2", "vit_s_16")

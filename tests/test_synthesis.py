@@ -129,3 +129,35 @@ def test_teacher_without_batch_norm_is_refused():
 
 def test_synthesis_targets_order():
   np.testing.assert_array_equal(synthesis.synthesis_targets(3, 2), [0, 1, 2, 0, 1, 2])
+
+
+def test_noise_sets_are_seeded_gaussian_images_at_the_budget():
+  """The `noise` method: C x ipc images of the stored size, labels by class, N(0, 1) in normalised
+  space saved like sre2l's output (uint8, clipped), the same for the same seed, another for
+  another seed or config.seed."""
+  from types import SimpleNamespace
+  from pca_jax.augment import IMAGENET_MEAN, IMAGENET_STD
+  from pca_jax.dc.methods import METHODS
+
+  def run(config_seed=0):
+    return SimpleNamespace(config=SimpleNamespace(seed=config_seed,
+                                                  data=SimpleNamespace(image_size=32)),
+                           train_source=SimpleNamespace(num_classes=5))
+  images, labels, source = METHODS["noise"].build(run(), None, 4, (1, 1), 0)
+  assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
+  np.testing.assert_array_equal(labels, np.repeat(np.arange(5), 4))
+  assert source.size == 0
+  x = images.astype(np.float64) / 255.0
+  np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), IMAGENET_MEAN, atol=0.01)
+  # the std of a clipped (and truncated) normal is a little under the unclipped one
+  spread = x.std(axis=(0, 1, 2))
+  assert np.all(spread < np.asarray(IMAGENET_STD)) and np.all(spread > 0.9 * np.asarray(IMAGENET_STD))
+  clipped = np.mean((images == 0) | (images == 255))
+  assert 0.01 < clipped < 0.06
+  again, _, _ = METHODS["noise"].build(run(), None, 4, (1, 1), 0)
+  np.testing.assert_array_equal(images, again)
+  other, _, _ = METHODS["noise"].build(run(), None, 4, (1, 1), 1)
+  assert np.mean(other != images) > 0.9
+  other_config, _, _ = METHODS["noise"].build(run(config_seed=1), None, 4, (1, 1), 0)
+  assert np.mean(other_config != images) > 0.9
+  assert METHODS["noise"].seeded and not METHODS["noise"].teacher and not METHODS["noise"].score

@@ -9,6 +9,8 @@ under the fingerprint of what made it (pca_jax.dc.stages). To add a method, add 
   <score>_easy    lowest <score> first, for every score of pca_jax.scoring.SCORES
   <score>_hard    highest <score> first (forgetting_hard = Toneva et al.'s most-forgotten)
   sre2l / cda     images recovered from the teacher by BatchNorm matching (pca_jax.dc.synthesis)
+  noise           Gaussian noise images (SRe2L's start, no recovery), the paper's control: chance
+                  with hard labels, whatever the teacher teaches with soft labels (seeded)
   rded            RDED as published: lowest-loss real crops stitched factor x factor (pca_jax.dc.rded)
   pca             easiest EL2N, whole images in mosaics, patch-constrained crops; grid sweep
   ccs             Coverage-centric Coreset Selection per class (Zheng et al.) over
@@ -125,6 +127,11 @@ def _rded(run, ctx, per_class, grid, seed):
   return rded.build_rded(run, ctx.teacher(), per_class // (grid[0] * grid[1]), grid[0], seed)
 
 
+def _noise(run, ctx, per_class, grid, seed):
+  from pca_jax.dc import synthesis
+  return synthesis.build_noise(run, per_class, seed)
+
+
 def _synthetic(cda: bool) -> Callable:
   def build(run, ctx, per_class, grid, seed):
     from pca_jax.dc import synthesis
@@ -145,6 +152,7 @@ METHODS: dict[str, Method] = {
                     distinct_images=False, fields=_SYNTHESIS_FIELDS),
     "cda": Method("cda", _synthetic(cda=True), teacher=True, seeded=True, distinct_images=False,
                   fields=_SYNTHESIS_FIELDS),
+    "noise": Method("noise", _noise, seeded=True, distinct_images=False),
     "rded": Method("rded", _rded, grids="rded", teacher=True, seeded=True,
                    fields=("benchmark.rded_mipc", "benchmark.rded_num_crop",
                            "benchmark.rded_factor")),

@@ -241,3 +241,20 @@ def build_synthetic(run, teacher, ipc: int, seed: int, cda: bool) -> tuple[np.nd
     progress.close()
   order = np.argsort(targets, kind="stable")  # by class, ipc index within the class
   return out[order], targets[order], np.zeros(0, np.int64)
+
+
+def build_noise(run, ipc: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(images uint8 [C * ipc, S, S, 3] by class, labels, no source indices) of the `noise` method:
+  the paper's "pure noise" control, SRe2L's starting images with no recovery step. Per image N(0, 1)
+  noise in normalised pixel space (initial_images), saved as sre2l saves its output (to_uint8:
+  x * std + mean clipped to [0, 1], x 255): every pixel channel spread around the ImageNet mean,
+  about a third of them clipped at 0 or 255. Labels are the classes, ipc images each; seeded by
+  (config.seed, "noise", seed). With hard labels a student can only reach chance on it; with
+  soft labels whatever it learns comes from the teacher."""
+  cfg = run.config
+  size = int(cfg.data.image_size)
+  num_classes = run.train_source.num_classes
+  key = jax.random.key(rng.derive_seed(cfg.seed, "noise", seed))
+  images = np.asarray(jax.jit(lambda k: to_uint8(initial_images(k, num_classes * ipc, size)))(key))
+  labels = np.repeat(np.arange(num_classes, dtype=np.int32), ipc)
+  return images, labels, np.zeros(0, np.int64)
