@@ -15,10 +15,11 @@ from tests.test_main import ROOT
 def test_bench_smoke(tmp_path):
   out = tmp_path / "bench.json"
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  r = subprocess.run([sys.executable, "-m", "pca_jax.speedbench", "--what=train,score,augment",
-                      "--model=resnet10", "--width=4", "--size=8", "--batch=16", "--steps=2",
-                      "--warmup=0", f"--out={out}"], cwd=ROOT, env=env, capture_output=True,
-                     text=True, timeout=300)
+  r = subprocess.run([sys.executable, "-m", "pca_jax.speedbench",
+                      "--what=train,score,augment,students", "--students=resnet10,shufflenet_v2_x1_0,"
+                      "vit_s_16", "--model=resnet10", "--width=4", "--size=8", "--batch=16",
+                      "--steps=2", "--warmup=0", f"--out={out}"], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
   report = json.loads(out.read_text())
   import pca_jax
@@ -31,6 +32,12 @@ def test_bench_smoke(tmp_path):
     assert res[name]["img_per_s"] > 0 and res[name]["min"] <= res[name]["max"]
   assert res["score_over_train"] > 0 and "augment_share_of_step" in res
   assert "JAX / PyTorch" not in r.stdout  # torch was not asked for
+  students = res["students"]  # every student's train step, beside the first one's
+  assert list(students) == ["resnet10", "shufflenet_v2_x1_0", "vit_s_16"]
+  assert students["resnet10"]["vs_first"] == 1.0
+  for name, rs in students.items():
+    assert rs["img_per_s"] > 0 and rs["stem"] == "small"
+    assert f"train {name}" in r.stdout
 
 
 def test_paired_rates_alternates_and_takes_per_round_ratios():
