@@ -6,7 +6,8 @@ ViT-S/16 (no BatchNorm), each with the small-image stem at width 16 (ViT: patch 
 The sets are built once and shared across the students; pca_auto's choice (grid, resolution,
 window) is made with ResNet-18 and kept for every student. Student: 100 epochs (the demo
 benchmark's schedule), the ViT with its benchmark.student_overrides (5 warmup epochs, lr 5e-4,
-wd 0.05). On a 2-core CPU in about 15 minutes (README, "Other students").
+wd 0.05). On a 2-core CPU in about 35 minutes (the benchmark stage took 34 min on the development
+host while other jobs shared its cores); results and their reading: docs/students.md.
 
   python -m pca_jax.main --config=configs/benchmark_arch_demo.py --workdir=runs/benchmark_arch_demo
 """

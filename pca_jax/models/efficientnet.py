@@ -267,10 +267,3 @@ def describe_keys(keys: Sequence[str]) -> str | None:
 
 def describe_model(model: EfficientNet) -> str:
   return f"efficientnet_{model.variant} width {model.width} stem {model.stem!r}"
-
-
-def torch_family():
-  """The torch_weights.Family of EfficientNet."""
-  from pca_jax.models import torch_weights
-  return torch_weights.Family("efficientnet", EfficientNet, torch_mapping, describe_keys,
-                              describe_model)

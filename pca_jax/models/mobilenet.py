@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pca_jax.models.resnet import TORCH_CONV_INIT, BatchNorm, materialize
+from pca_jax.models.resnet import TORCH_CONV_INIT, BatchNorm, materialize, torch_bn_keys
 
 ModuleDef = Any
 Entry = tuple[str, str, tuple, str]  # (torch key, flax collection, flax path, kind)
@@ -84,9 +84,8 @@ class ConvBNAct(nn.Module):
 
 def conv_bn_keys(conv_key: str, bn_prefix: str, flax_path: tuple) -> list[Entry]:
   """The torchvision entries of a ConvBNAct at flax_path: its conv weight and BatchNorm."""
-  from pca_jax.models.torch_weights import bn_keys
   return [(conv_key, "params", (*flax_path, "conv", "kernel"), "conv")] + \
-      bn_keys(bn_prefix, (*flax_path, "bn"))
+      torch_bn_keys(bn_prefix, (*flax_path, "bn"))
 
 
 def mobilenet_v2_layout(width: int) -> tuple[int, list[tuple[int, int, int, int]], int]:
@@ -223,10 +222,3 @@ def describe_keys(keys: Sequence[str]) -> str | None:
 
 def describe_model(model: MobileNetV2) -> str:
   return f"mobilenet_v2 width {model.width} stem {model.stem!r}"
-
-
-def torch_family():
-  """The torch_weights.Family of MobileNetV2."""
-  from pca_jax.models import torch_weights
-  return torch_weights.Family("mobilenet_v2", MobileNetV2, torch_mapping, describe_keys,
-                              describe_model)

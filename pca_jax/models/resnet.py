@@ -237,6 +237,19 @@ class BatchNorm(nn.Module):
     return y
 
 
+_TORCH_BN = (("weight", "params", "scale"), ("bias", "params", "bias"),
+              ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var"))
+
+
+def torch_bn_keys(torch_name: str, flax_module: tuple) -> list[tuple[str, str, tuple, str]]:
+  """The torchvision state_dict entries of a BatchNorm at flax path flax_module: (torch key, flax
+  collection, flax path, "vector") for weight / bias (params scale / bias) and running_mean /
+  running_var (batch_stats mean / var); num_batches_tracked is not a variable here
+  (pca_jax.models.torch_weights)."""
+  return [(f"{torch_name}.{suffix}", collection, (*flax_module, leaf), "vector")
+          for suffix, collection, leaf in _TORCH_BN]
+
+
 def torch_padded_conv(features: int, kernel_size: Sequence[int],
                       strides: Sequence[int] = (1, 1), **kwargs: Any) -> nn.Conv:
   """nn.Conv padded like torchvision, (k // 2, k // 2) per spatial axis, unless `padding` is given.

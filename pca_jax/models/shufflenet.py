@@ -47,7 +47,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from pca_jax.models.resnet import (TORCH_LINEAR_INIT, BatchNorm, materialize, max_pool_3x3_s2,
-                                   torch_linear_bias_init, torch_padded_conv)
+                                   torch_bn_keys, torch_linear_bias_init, torch_padded_conv)
 
 ModuleDef = Any
 
@@ -209,13 +209,12 @@ def torch_mapping(model: ShuffleNetV2, target: Mapping[str, Any]
   target (model.init's shapes) is not needed: the names follow from stages_repeats.
   """
   del target
-  from pca_jax.models.torch_weights import bn_keys
   out: list[tuple[str, str, tuple, str]] = []
   for torch_name, flax_path, kind in _torch_names(model):
     if kind == "conv":
       out.append((f"{torch_name}.weight", "params", (*flax_path, "kernel"), "conv"))
     else:
-      out += bn_keys(torch_name, flax_path)
+      out += torch_bn_keys(torch_name, flax_path)
   out += [("fc.weight", "params", ("fc", "kernel"), "dense"),
           ("fc.bias", "params", ("fc", "bias"), "vector")]
   return out
@@ -242,10 +241,3 @@ def describe_model(model: ShuffleNetV2) -> str:
   name = NAME if repeats == STAGES_REPEATS else f"shufflenet_v2 stages_repeats {repeats}"
   chans = "" if model.width == 64 else f" (channels {list(stage_channels(model.width))})"
   return f"{name} width {model.width}{chans} stem {model.stem!r}"
-
-
-def torch_family():
-  """The torch_weights.Family of ShuffleNetV2."""
-  from pca_jax.models import torch_weights
-  return torch_weights.Family("shufflenet", ShuffleNetV2, torch_mapping, describe_keys,
-                              describe_model)

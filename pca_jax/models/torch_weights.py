@@ -36,14 +36,13 @@ import numpy as np
 from flax import linen as nn
 
 from pca_jax import fs
-from pca_jax.models.resnet import BottleneckResNetBlock, ResNet
+from pca_jax.models import efficientnet, mobilenet, shufflenet, vit
+from pca_jax.models.resnet import BottleneckResNetBlock, ResNet, torch_bn_keys as bn_keys
 
 # (blocks per stage, bottleneck) -> torchvision name, to say what a file or a model is.
 _ARCHS = {((1, 1, 1, 1), False): "resnet10", ((2, 2, 2, 2), False): "resnet18",
           ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
           ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
-_BN = (("weight", "params", "scale"), ("bias", "params", "bias"),
-       ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var"))
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -137,12 +136,6 @@ def _target(model: nn.Module) -> dict[str, Any]:
   return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
 
 
-def bn_keys(torch_name: str, flax_module: tuple) -> list[tuple[str, str, tuple, str]]:
-  """The four entries of a torch BatchNorm2d (weight, bias, running mean / var) at flax_module."""
-  return [(f"{torch_name}.{suffix}", collection, (*flax_module, leaf), "vector")
-          for suffix, collection, leaf in _BN]
-
-
 def _resnet_mapping(model: ResNet, target: Mapping[str, Any]) -> list[tuple[str, str, tuple, str]]:
   """(torch key, flax collection, flax path, kind) for every variable of a ResNet.
 
@@ -194,12 +187,12 @@ class Family:
 def families() -> list[Family]:
   """Every family with a torchvision mapping (ResNets first)."""
   out = [Family("resnet", ResNet, _resnet_mapping, _resnet_keys, _resnet_model, _resnet_check)]
-  from pca_jax.models import mobilenet
-  out.append(mobilenet.torch_family())
-  from pca_jax.models import efficientnet
-  out.append(efficientnet.torch_family())
-  from pca_jax.models import shufflenet; out.append(shufflenet.torch_family())
-  from pca_jax.models import vit; out.append(vit.torch_family())
+  for name, module, cls in (("mobilenet_v2", mobilenet, mobilenet.MobileNetV2),
+                            ("efficientnet", efficientnet, efficientnet.EfficientNet),
+                            ("shufflenet", shufflenet, shufflenet.ShuffleNetV2),
+                            ("vit", vit, vit.VisionTransformer)):
+    out.append(Family(name, cls, module.torch_mapping, module.describe_keys,
+                      module.describe_model))
   return out
 
 

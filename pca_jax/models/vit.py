@@ -272,9 +272,3 @@ def describe_model(model: VisionTransformer) -> str:
   size = f"image_size {model.image_size}" if model.image_size else "image_size from the input"
   return (f"{name} width {model.width} stem {model.stem!r} (hidden {6 * model.width}, "
           f"{model.num_layers} layers, {model.num_heads} heads, patch {model.patch_size}, {size})")
-
-
-def torch_family():
-  from pca_jax.models import torch_weights
-  return torch_weights.Family("vit", VisionTransformer, torch_mapping, describe_keys,
-                              describe_model)
