@@ -173,6 +173,16 @@ def test_teacher_weights_of_another_family_stop_before_anything_runs(tmp_path):
   assert not (wd / "stages" / "score.json").exists()
 
 
+def test_the_paper_tables_show_model_names_cells_or_the_first_students():
+  cfg = _student_config(("resnet10", "mobilenet_v2"))
+  assert plan.table_student(cfg.benchmark, "resnet10") == "resnet10"
+  assert plan.table_student(cfg.benchmark, "resnet18") == "resnet10"  # not a student: the first
+  cfg.benchmark.students = ()
+  assert plan.table_student(cfg.benchmark, "resnet18") == "resnet18"
+  cells, _ = plan.plan_cells(cfg.benchmark, (2, 2), 16, {}, "resnet18")
+  assert all("student" not in c for c in cells)  # one student: ids as before the axis
+
+
 def test_plan_counts_a_cell_per_student():
   cfg = _student_config(("resnet10", "mobilenet_v2", "vit_s_16"))
   cells, _ = plan.plan_cells(cfg.benchmark, (2, 2), 16, {}, "resnet10")

@@ -43,6 +43,13 @@ def students(bench, model_name: str) -> list[str]:
   return names or [model_name]
 
 
+def table_student(bench, model_name: str) -> str:
+  """The student of the paper-style tables (the cross-architecture table shows them all):
+  model.name's cells, or the first listed student's when model.name is not a student."""
+  names = students(bench, model_name)
+  return model_name if model_name in names else names[0]
+
+
 def plan_cells(bench, combine_grid: Sequence[int], image_size: int,
                external: dict[str, int] | None = None, model_name: str = ""
                ) -> tuple[list[dict], list[dict]]:

@@ -23,7 +23,7 @@ from pca_jax.config import EVAL_DATA, TRAIN_DATA, config_values, fingerprint
 from pca_jax.dc import tables
 from pca_jax.dc.methods import EXTERNAL, METHODS
 from pca_jax.dc.plan import cell_id, method_names, needs_scores, needs_teacher, plan_cells, \
-  students
+  students, table_student
 from pca_jax.tracking import Tracker
 
 TABLES = ("benchmark.csv", "benchmark.md", "benchmark.json", "benchmark.png")
@@ -549,12 +549,15 @@ def stage_benchmark(run, stage) -> dict:
   title = f"DC benchmark: {run.train_source.name}, {cfg.model.name} (width {cfg.model.width}), " \
           f"{cfg.train.epochs} epochs, final test top-1 % (after the last epoch)"
   tables.write_csv(rows, run.path("benchmark.csv"))
-  main = [a for a in agg if a["student"] == cfg.model.name]
-  md = _benchmark_markdown(run, main, [r for r in rows if r["student"] == cfg.model.name],
+  names = students(cfg.benchmark, cfg.model.name)
+  first = table_student(cfg.benchmark, cfg.model.name)
+  if first != cfg.model.name:
+    title = title.replace(f"{cfg.model.name} (width", f"{first} (width", 1)
+  main = [a for a in agg if a["student"] == first]
+  md = _benchmark_markdown(run, main, [r for r in rows if r["student"] == first],
                            skipped, title, full_top1, why)
-  if len(students(cfg.benchmark, cfg.model.name)) > 1:
-    md += "\n" + tables.student_table(agg, students(cfg.benchmark, cfg.model.name),
-                                       cfg.model.name, _overrides_note(cfg))
+  if len(names) > 1:
+    md += "\n" + tables.student_table(agg, names, cfg.model.name, _overrides_note(cfg))
   fs.save_text(run.path("benchmark.md"), md)
   fs.save_json(run.path("benchmark.json"), {
       "rows": rows, "aggregate": agg, "skipped": skipped,
@@ -562,7 +565,6 @@ def stage_benchmark(run, stage) -> dict:
       "dd_ranking": {"accuracy": tables.DD_RANKING_ACCURACY, "full_data_top1": full_top1,
                      "full_data_missing": why}})
   if agg:
-    tables.plot(agg, run.path("benchmark.png"), title,
-                students(cfg.benchmark, cfg.model.name))
+    tables.plot(agg, run.path("benchmark.png"), title, names)
   run.log(f"[benchmark] {len(rows)} cells -> {run.path('benchmark.md')}")
   return {"cells": len(rows), "skipped": len(skipped)}
