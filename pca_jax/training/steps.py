@@ -165,11 +165,13 @@ def train_update(state: TrainState, views, labels, weights, spec: LossSpec, teac
     targets = jax.nn.softmax(teacher_logits / spec.temperature, axis=-1)
 
   bn_weights = {"weights": weights} if spec.weighted_batch_stats else {}
+  # key None (hard labels, a model without dropout): nothing draws from it
+  rngs = {"dropout": jax.random.fold_in(key, DROPOUT_STREAM)} if key is not None else {}
 
   def loss_fn(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, views,
                                      train=True, mutable=["batch_stats"], **bn_weights,
-                                     rngs={"dropout": jax.random.fold_in(key, DROPOUT_STREAM)})
+                                     rngs=rngs)
     if spec.teacher_apply is None:
       per_example = optax.softmax_cross_entropy(logits, targets)
     else:
