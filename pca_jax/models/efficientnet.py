@@ -28,8 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pca_jax.models.mobilenet import (ConvBNAct, Entry, check_stem, check_width, conv_bn_keys,
-                                      make_divisible)
+from pca_jax.models.mobilenet import (ConvBNAct, Entry, any_image_size, check_stem, check_width,
+                                      conv_bn_keys, make_divisible)
 from pca_jax.models.resnet import TORCH_CONV_INIT, BatchNorm, materialize
 
 # torchvision's _efficientnet_conf("efficientnet_b*"): (expand ratio, kernel, first stride,
@@ -205,11 +205,7 @@ def efficientnet_b0(num_classes: int, width: int = 64, stem: str = "imagenet",
 
 
 def check_image_size(model: nn.Module, size: int) -> str | None:
-  """Why `model` cannot take size x size images, None if it can: every conv pads
-  (k - 1) // 2, so any size >= 1 px reaches the classifier (torchvision's min_size is 1 x 1)."""
-  if size < 1:
-    return f"{describe_model(model)} needs images of at least 1 x 1 px, got {size} px"
-  return None
+  return any_image_size(describe_model(model), size)
 
 
 def torch_mapping(model: EfficientNet, target: Mapping[str, Any]) -> list[Entry]:

@@ -175,12 +175,14 @@ def mobilenet_v2(num_classes: int, width: int = 64, stem: str = "imagenet",
   return MobileNetV2(num_classes=num_classes, width=width, stem=stem, dtype=dtype)
 
 
+def any_image_size(what: str, size: int) -> str | None:
+  """Why a net whose convs all pad (k - 1) // 2 cannot take size x size images (`what` names it),
+  None if it can: any size >= 1 px reaches the classifier (torchvision's min_size is 1 x 1)."""
+  return f"{what} needs images of at least 1 x 1 px, got {size} px" if size < 1 else None
+
+
 def check_image_size(model: nn.Module, size: int) -> str | None:
-  """Why `model` cannot take size x size images, None if it can: every conv pads
-  (k - 1) // 2, so any size >= 1 px reaches the classifier (torchvision's min_size is 1 x 1)."""
-  if size < 1:
-    return f"{describe_model(model)} needs images of at least 1 x 1 px, got {size} px"
-  return None
+  return any_image_size(describe_model(model), size)
 
 
 def torch_mapping(model: MobileNetV2, target: Mapping[str, Any]) -> list[Entry]:
