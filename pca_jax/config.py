@@ -94,6 +94,17 @@ def default_train_config() -> ml_collections.ConfigDict:
   return c
 
 
+def use_compile_cache(config) -> None:
+  """XLA's persistent compilation cache in config.jax_cache_dir (none when empty): a rerun, or
+  another training run of the same shapes, loads its compiled steps instead of compiling them."""
+  if config.get("jax_cache_dir"):
+    import jax
+
+    from pca_jax import fs
+    jax.config.update("jax_compilation_cache_dir", os.fspath(fs.path(config.jax_cache_dir)))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0

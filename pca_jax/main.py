@@ -91,7 +91,7 @@ def run_pipeline(config, workdir: str | os.PathLike) -> dict:
   import jax
   from pca_jax import fs, parallel
   from pca_jax.checks import validate
-  from pca_jax.config import parse_stages
+  from pca_jax.config import parse_stages, use_compile_cache
   from pca_jax.pca.context import Run, log_main
   from pca_jax.runner import Runner, RunLock
 
@@ -108,9 +108,7 @@ def run_pipeline(config, workdir: str | os.PathLike) -> dict:
   _check_run_directory(workdir, config)
   if plan:
     log_main(plan[1])
-  if config.jax_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", os.fspath(fs.path(config.jax_cache_dir)))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  use_compile_cache(config)
   stages = parse_stages(config.stages)
   run = Run(config, workdir, log_main)
   runner = Runner(all_stages(), config, workdir, run, log_main, is_writer=writer,
