@@ -15,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 SHIPPED = ("ipc1", "ipc10", "ipc20", "ipc50", "ipc100", "cifar10", "cifar100",
-           "benchmark_imagenet", "demo", "demo_auto", "benchmark_demo", "benchmark_arch_demo")
+           "benchmark_imagenet", "demo", "demo_auto", "benchmark_demo", "benchmark_arch_demo",
+           "benchmark_soft_demo")
 
 
 def _config(name: str, **rehearsal):

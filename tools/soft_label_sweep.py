@@ -13,7 +13,8 @@ Results go to OUT/results.jsonl (one line per cell; a rerun skips cells already 
   python -m pca_jax.main --config=configs/benchmark_demo.py --workdir=runs/soft \\
       --config.benchmark.methods=random,el2n_easy,sre2l,noise --config.benchmark.ipcs=1,10 \\
       --config.score.forgetting=False --config.score.aum=False
-  python tools/soft_label_sweep.py --workdir=runs/soft
+  python tools/soft_label_sweep.py --workdir=runs/soft \
+      --skip='sre2l-ipc10-*-e1000*,noise-ipc10-*-e1000*'      # docs/soft_labels.md: ~2 h here
 
 --batch_to_set (default on): a set smaller than train.batch_size trains in batches of its size (as
 the reference's DataLoader does) instead of padded batches with weight-0 filler: the same loss and
