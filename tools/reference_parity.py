@@ -121,7 +121,11 @@ def init_variables(config, num_classes: int, seed: int):
 def patch_reference(size: int, crop_scale) -> None:
   """The in-process patches the rethinkdc CLI needs here (see the module docstring)."""
   os.environ["WANDB_MODE"] = "disabled"
-  import rethinkdc
+  try:
+    import rethinkdc
+  except ImportError:
+    raise SystemExit("error: the reference trainer is not installed: pip install --no-deps "
+                     "rethinkdc==0.3.2") from None
   import torch
   import torchvision.transforms as T
   from rethinkdc import imagenet_ipc
