@@ -227,7 +227,8 @@ def main(argv=None) -> None:
   from pca_jax.data import pipeline
   from pca_jax.data.store import load_compressed
   from pca_jax.dc.methods import METHODS
-  from pca_jax.dc.stages import cell_trainer_config, load_teacher
+  from pca_jax.config import EVAL_DATA, config_values, fingerprint
+  from pca_jax.dc.stages import cell_fingerprint, cell_trainer_config, load_teacher
   from pca_jax.pca.context import Run
   from pca_jax.training import InMemoryData, train
   from tests.helpers import import_torchvision
@@ -244,7 +245,8 @@ def main(argv=None) -> None:
   os.makedirs(out, exist_ok=True)
   size, nc = int(config.data.image_size), run.train_source.num_classes
   names = list(run.train_source.class_names)
-  val_dir = os.path.join(out, "val")
+  # exports are named by what made them: another eval split or set is written anew, never reused
+  val_dir = os.path.join(out, "val-" + fingerprint("val", config_values(config, EVAL_DATA)))
   if not os.path.isdir(val_dir):
     src = run.eval_source
     idx = np.arange(len(src))
@@ -257,16 +259,20 @@ def main(argv=None) -> None:
   for param in teacher.parameters():
     param.requires_grad = False
   patch_reference(size, config.train.crop_scale)
+  # a row counts only under the fingerprint of its set, teacher and trainer config (the
+  # benchmark's cell fingerprint); rows made from other inputs are ignored
+  stage = types.SimpleNamespace(upstream={"teacher": fs.read_json(run.path("stages",
+                                                                           "teacher.json"))})
   results = os.path.join(out, "results.jsonl")
-  rows = [json.loads(line) for line in open(results)] if os.path.exists(results) else []
-  done = {r["id"] for r in rows}
+  stored = [json.loads(line) for line in open(results)] if os.path.exists(results) else []
+  rows = []
   epochs = a.epochs or int(config.train.epochs)
   for set_name in a.sets.split(","):
     set_path = run.path("benchmark", "sets", set_name)
     cs = load_compressed(set_path)
     method = cs.manifest["method"]
     ipc = int(cs.manifest["ipc"])
-    train_dir = os.path.join(out, "sets", set_name)
+    train_dir = os.path.join(out, "sets", f"{set_name}-{cs.manifest['fingerprint']}")
     if not os.path.isdir(train_dir):
       write_imagefolder(cs.images, cs.labels, names, train_dir + ".tmp")
       os.replace(train_dir + ".tmp", train_dir)
@@ -275,9 +281,12 @@ def main(argv=None) -> None:
         cell = {"method": method, "ipc": ipc, "grid": (1, 1), "label": label, "seed": seed}
         mc = cell_trainer_config(run, cell, METHODS[method].crop)
         mc.train.update(dict(epochs=epochs, eval_every_epochs=0, log_every_steps=10 ** 9))
+        fp = cell_fingerprint(run, stage, cs.manifest["fingerprint"], mc, label)
         for trainer in ("pca_jax", "reference"):
           rid = f"{set_name}-{label}-e{epochs}-s{seed}-{trainer}"
-          if rid in done:
+          same = [r for r in stored if r["id"] == rid and r.get("fingerprint") == fp]
+          if same:
+            rows.append(same[-1])
             continue
           if trainer == "pca_jax":
             _, m = train(mc, os.path.join(out, "runs", rid),
@@ -290,7 +299,7 @@ def main(argv=None) -> None:
             r = reference_run(train_dir, val_dir, os.path.join(out, "runs", rid), label, seed,
                               ipc, mc.train, student, teacher)
           row = {"id": rid, "set": set_name, "label": label, "seed": seed, "epochs": epochs,
-                 "trainer": trainer, **r}
+                 "trainer": trainer, **r, "fingerprint": fp}
           with open(results, "a") as f:
             f.write(json.dumps(row) + "\n")
           rows.append(row)

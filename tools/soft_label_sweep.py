@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+import types
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -159,7 +160,7 @@ def main(argv=None) -> None:
   from pca_jax.config import use_compile_cache
   from pca_jax.data.store import load_compressed
   from pca_jax.dc.methods import METHODS
-  from pca_jax.dc.stages import cell_trainer_config, load_teacher
+  from pca_jax.dc.stages import cell_fingerprint, cell_trainer_config, load_teacher
   from pca_jax.pca.context import Run
   from pca_jax.training import InMemoryData, train
 
@@ -179,39 +180,52 @@ def main(argv=None) -> None:
   temperature = float(config.train.temperature)
   v_list = variants(epochs, a.ablation_epochs, [float(t) for t in a.temperatures.split(",")],
                     temperature)
-  results = os.path.join(out, "results.jsonl")
-  rows = [json.loads(line) for line in open(results)] if os.path.exists(results) else []
-  done = {r["id"] for r in rows}
   command = "python tools/soft_label_sweep.py " + " ".join(argv if argv is not None
                                                             else sys.argv[1:])
+  for m in methods:
+    if m not in METHODS:
+      raise SystemExit(f"error: unknown method {m!r}; choose from {', '.join(METHODS)}")
+  run = Run(config, a.workdir, log=lambda s: None)
+  names = {d.name for d in run.path("benchmark", "sets").iterdir()}
+  # the teacher stage's id, as the benchmark's cell fingerprints carry it (soft cells)
+  stage = types.SimpleNamespace(upstream={"teacher": fs.read_json(run.path("stages",
+                                                                           "teacher.json"))})
+  plan = {}  # cell id -> (ipc, variant, method, seed, set name, trainer config, fingerprint)
+  for v in v_list:
+    for ipc in ipcs:
+      for m in methods:
+        for s in seeds:
+          name = set_dir_name(m, ipc, s, names)
+          manifest = fs.read_json(run.path("benchmark", "sets", name, "manifest.json"))
+          cell = {"method": m, "ipc": ipc, "grid": (1, 1), "label": v["label"], "seed": s}
+          mc = cell_trainer_config(run, cell, METHODS[m].crop)
+          mc.train.update(dict(epochs=v["epochs"], temperature=v["temperature"],
+                               cutmix_alpha=v["cutmix"], eval_every_epochs=0,
+                               log_every_steps=10 ** 9, checkpoint_every_steps=10 ** 9))
+          if a.batch_to_set:
+            mc.train.batch_size = min(int(mc.train.batch_size), int(manifest["num_images"]))
+          fp = cell_fingerprint(run, stage, manifest["fingerprint"], mc, v["label"])
+          plan[cell_id(m, ipc, s, v)] = (ipc, v, m, s, name, mc, fp)
+  # rows of this plan made under the same set, teacher and trainer config; others are ignored
+  results = os.path.join(out, "results.jsonl")
+  rows = [json.loads(line) for line in open(results)] if os.path.exists(results) else []
+  rows = [r for r in rows if r["id"] in plan and r.get("fingerprint") == plan[r["id"]][-1]]
+  done = {r["id"] for r in rows}
   if not a.render_only:
-    for m in methods:
-      if m not in METHODS:
-        raise SystemExit(f"error: unknown method {m!r}; choose from {', '.join(METHODS)}")
-    run = Run(config, a.workdir, log=lambda s: None)
-    names = {d.name for d in run.path("benchmark", "sets").iterdir()}
     teacher = load_teacher(run)
     num_classes = run.train_source.num_classes
-    # shortest schedules first, then the smaller IPC: a partial sweep already has whole columns
-    todo = [(ipc, v, m, s) for v in v_list for ipc in ipcs for m in methods for s in seeds]
-    todo.sort(key=lambda t: (t[1]["epochs"], t[0]))
     skip = [pattern for pattern in a.skip.split(",") if pattern]
-    todo = [(ipc, v, m, s) for ipc, v, m, s in todo if cell_id(m, ipc, s, v) not in done
-            and not any(fnmatch.fnmatch(cell_id(m, ipc, s, v), pattern) for pattern in skip)]
+    # shortest schedules first, then the smaller IPC: a partial sweep already has whole columns
+    todo = sorted((t for cid, t in plan.items() if cid not in done
+                   and not any(fnmatch.fnmatch(cid, pattern) for pattern in skip)),
+                  key=lambda t: (t[1]["epochs"], t[0]))
     t0, steps_done = time.time(), 0
-    total_steps = sum(v["epochs"] for _, v, _, _ in todo)
+    total_steps = sum(t[1]["epochs"] for t in todo)
     print(f"[sweep] {len(todo)} cells to train ({len(done)} done), {total_steps} epochs in all",
           flush=True)
-    for i, (ipc, v, m, s) in enumerate(todo):
+    for i, (ipc, v, m, s, name, mc, fp) in enumerate(todo):
       cid = cell_id(m, ipc, s, v)
-      cs = load_compressed(run.path("benchmark", "sets", set_dir_name(m, ipc, s, names)))
-      cell = {"method": m, "ipc": ipc, "grid": (1, 1), "label": v["label"], "seed": s}
-      mc = cell_trainer_config(run, cell, METHODS[m].crop)
-      mc.train.update(dict(epochs=v["epochs"], temperature=v["temperature"],
-                           cutmix_alpha=v["cutmix"], eval_every_epochs=0,
-                           log_every_steps=10 ** 9, checkpoint_every_steps=10 ** 9))
-      if a.batch_to_set:
-        mc.train.batch_size = min(int(mc.train.batch_size), len(cs.labels))
+      cs = load_compressed(run.path("benchmark", "sets", name))
       c0 = time.time()
       _, metrics = train(mc, os.path.join(out, "runs", cid),
                          InMemoryData(cs.images, cs.labels, num_classes), run.eval_source,
@@ -220,7 +234,7 @@ def main(argv=None) -> None:
       row = {"id": cid, "method": m, "ipc": ipc, "seed": s, "variant": variant_name(v), **v,
              "batch_size": int(mc.train.batch_size), "steps": int(metrics["steps"]),
              "top1": float(metrics["eval_top1"]), "top5": float(metrics["eval_top5"]),
-             "wall_s": round(time.time() - c0, 1)}
+             "wall_s": round(time.time() - c0, 1), "fingerprint": fp}
       with open(results, "a") as f:
         f.write(json.dumps(row) + "\n")
       rows.append(row)
