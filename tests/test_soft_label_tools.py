@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -43,10 +45,17 @@ def test_sweep_names_a_missing_set(tmp_path):
   sweep = _tool("soft_label_sweep")
   assert sweep.set_dir_name("random", 10, 1, {"random-ipc10-g1x1-s1"}) == "random-ipc10-g1x1-s1"
   assert sweep.set_dir_name("el2n_easy", 10, 1, {"el2n_easy-ipc10-g1x1"}) == "el2n_easy-ipc10-g1x1"
-  with pytest.raises(SystemExit, match="no set of sre2l at IPC 10.*methods including sre2l"):
+  with pytest.raises(ValueError, match="no set of sre2l at IPC 10.*methods including sre2l"):
     sweep.set_dir_name("sre2l", 10, 0, {"random-ipc10-g1x1-s0"})
-  with pytest.raises(SystemExit, match="not a finished benchmark run"):
+  with pytest.raises(ValueError, match="not a finished benchmark run"):
     sweep.main(["--workdir", str(tmp_path)])
+  # on the command line: that one line on stderr, exit code 2, nothing written in the run
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "soft_label_sweep.py"),
+                         f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and \
+      "not a finished benchmark run" in proc.stderr
+  assert not (tmp_path / "run").exists()
 
 
 def test_parity_student_is_pca_jaxs_model_in_torch():
@@ -76,5 +85,5 @@ def test_parity_student_is_pca_jaxs_model_in_torch():
   theirs = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
   assert np.abs(ours).max() > 0.05
   np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
-  with pytest.raises(SystemExit, match="builds BasicBlock ResNets.*mobilenet_v2"):
+  with pytest.raises(ValueError, match="builds BasicBlock ResNets.*mobilenet_v2"):
     parity.torch_model(ml_collections.ConfigDict({"model": {"name": "mobilenet_v2"}}), 10, {})

@@ -97,7 +97,7 @@ def torch_model(config, num_classes: int, variables):
   from pca_jax.models.torch_weights import flax_to_torchvision
   name = config.model.name
   if name not in _LAYERS:
-    raise SystemExit(f"error: this parity check builds BasicBlock ResNets ({', '.join(_LAYERS)}); "
+    raise ValueError(f"this parity check builds BasicBlock ResNets ({', '.join(_LAYERS)}); "
                      f"the run's model is {name}")
   net = torch_resnet(_LAYERS[name], int(config.model.width), config.model.stem, num_classes)
   model = model_from_config(config.model, num_classes, config.data.image_size)
@@ -124,7 +124,7 @@ def patch_reference(size: int, crop_scale) -> None:
   try:
     import rethinkdc
   except ImportError:
-    raise SystemExit("error: the reference trainer is not installed: pip install --no-deps "
+    raise ValueError("the reference trainer is not installed: pip install --no-deps "
                      "rethinkdc==0.3.2") from None
   import torch
   import torchvision.transforms as T
@@ -190,7 +190,7 @@ def reference_run(train_dir: str, val_dir: str, out: str, label: str, seed: int,
   errs = re.findall(r"TEST Iter \d+: .*?Top-1 err = ([0-9.]+)", text)
   losses = re.findall(r"TRAIN Iter \d+: .*?loss = ([0-9.]+)", text)
   if not errs:
-    raise SystemExit(f"error: the reference printed no TEST line; see {log}")
+    raise RuntimeError(f"the reference printed no TEST line; see {log}")
   return {"top1": 100.0 - float(errs[-1]), "loss_first": float(losses[0]),
           "loss_last": float(losses[-1])}
 
@@ -237,13 +237,14 @@ def main(argv=None) -> None:
 
   cfg_path = os.path.join(a.workdir, "config.json")
   if not os.path.isfile(cfg_path):
-    raise SystemExit(f"error: {a.workdir} has no config.json: give a finished benchmark run")
+    raise ValueError(f"{a.workdir} has no config.json: give a finished benchmark run")
   config = ml_collections.ConfigDict(json.load(open(cfg_path)))
   use_compile_cache(config)  # every cell of the same shapes compiles once
   run = Run(config, a.workdir, log=lambda s: None)
+  size, nc = int(config.data.image_size), run.train_source.num_classes
+  patch_reference(size, config.train.crop_scale)  # first: a missing rethinkdc writes nothing
   out = a.out or os.path.join(a.workdir, "reference_parity")
   os.makedirs(out, exist_ok=True)
-  size, nc = int(config.data.image_size), run.train_source.num_classes
   names = list(run.train_source.class_names)
   # exports are named by what made them: another eval split or set is written anew, never reused
   val_dir = os.path.join(out, "val-" + fingerprint("val", config_values(config, EVAL_DATA)))
@@ -258,7 +259,6 @@ def main(argv=None) -> None:
   teacher = torch_model(config, nc, jax_teacher[1]).eval()
   for param in teacher.parameters():
     param.requires_grad = False
-  patch_reference(size, config.train.crop_scale)
   # a row counts only under the fingerprint of its set, teacher and trainer config (the
   # benchmark's cell fingerprint); rows made from other inputs are ignored
   stage = types.SimpleNamespace(upstream={"teacher": fs.read_json(run.path("stages",
@@ -322,4 +322,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except ValueError as e:  # bad input: one line saying what to fix, exit 2 (as pca_jax.main)
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)

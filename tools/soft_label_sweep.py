@@ -66,7 +66,7 @@ def set_dir_name(method: str, ipc: int, seed: int, names: set[str]) -> str:
   for name in (f"{method}-ipc{ipc}-g1x1-s{seed}", f"{method}-ipc{ipc}-g1x1"):
     if name in names:
       return name
-  raise SystemExit(f"error: the run has no set of {method} at IPC {ipc} (seed {seed}); run the "
+  raise ValueError(f"the run has no set of {method} at IPC {ipc} (seed {seed}); run the "
                    f"benchmark with --config.benchmark.methods including {method} and "
                    f"--config.benchmark.ipcs including {ipc}")
 
@@ -165,11 +165,10 @@ def main(argv=None) -> None:
   from pca_jax.training import InMemoryData, train
 
   out = a.out or os.path.join(a.workdir, "soft_sweep")
-  os.makedirs(out, exist_ok=True)
   cfg_path = os.path.join(a.workdir, "config.json")
   if not os.path.isfile(cfg_path) or not os.path.isdir(os.path.join(a.workdir, "benchmark",
                                                                       "sets")):
-    raise SystemExit(f"error: {a.workdir} is not a finished benchmark run (no config.json or "
+    raise ValueError(f"{a.workdir} is not a finished benchmark run (no config.json or "
                      "benchmark/sets/); run the benchmark first (see this script's docstring)")
   config = ml_collections.ConfigDict(json.load(open(cfg_path)))
   use_compile_cache(config)  # every cell of the same shapes compiles once
@@ -184,7 +183,7 @@ def main(argv=None) -> None:
                                                             else sys.argv[1:])
   for m in methods:
     if m not in METHODS:
-      raise SystemExit(f"error: unknown method {m!r}; choose from {', '.join(METHODS)}")
+      raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
   run = Run(config, a.workdir, log=lambda s: None)
   names = {d.name for d in run.path("benchmark", "sets").iterdir()}
   # the teacher stage's id, as the benchmark's cell fingerprints carry it (soft cells)
@@ -207,6 +206,7 @@ def main(argv=None) -> None:
           fp = cell_fingerprint(run, stage, manifest["fingerprint"], mc, v["label"])
           plan[cell_id(m, ipc, s, v)] = (ipc, v, m, s, name, mc, fp)
   # rows of this plan made under the same set, teacher and trainer config; others are ignored
+  os.makedirs(out, exist_ok=True)  # the inputs are checked: now write
   results = os.path.join(out, "results.jsonl")
   rows = [json.loads(line) for line in open(results)] if os.path.exists(results) else []
   rows = [r for r in rows if r["id"] in plan and r.get("fingerprint") == plan[r["id"]][-1]]
@@ -254,4 +254,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except ValueError as e:  # bad input: one line saying what to fix, exit 2 (as pca_jax.main)
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
