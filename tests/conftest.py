@@ -11,6 +11,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
@@ -20,12 +21,20 @@ import pca_jax  # noqa: E402,F401  (sets its XLA:CPU flags before any JAX backen
 import jax  # noqa: E402
 
 # Identical programs (same model, shapes, shardings) compile once per test session, in this
-# process and in the CLI processes the tests start (tests.helpers.cache_arg passes the same
-# directory to them as --config.jax_cache_dir).
-os.environ.setdefault("PCA_JAX_TEST_CACHE", tempfile.mkdtemp(prefix="pca_jax_jit_"))
+# process, in pytest-xdist's workers (they inherit the variable) and in the CLI processes the tests
+# start (tests.helpers.cache_arg passes the same directory to them as --config.jax_cache_dir). The
+# process that made the directory removes it when the session ends.
+_OWN_CACHE = "PCA_JAX_TEST_CACHE" not in os.environ
+if _OWN_CACHE:
+  os.environ["PCA_JAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="pca_jax_jit_")
 jax.config.update("jax_compilation_cache_dir", os.environ["PCA_JAX_TEST_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ["PCA_JAX_TEST_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
