@@ -21,12 +21,19 @@ import pca_jax  # noqa: E402,F401  (sets its XLA:CPU flags before any JAX backen
 import jax  # noqa: E402
 
 # Identical programs (same model, shapes, shardings) compile once per test session, in this
-# process, in pytest-xdist's workers (they inherit the variable) and in the CLI processes the tests
-# start (tests.helpers.cache_arg passes the same directory to them as --config.jax_cache_dir). The
-# process that made the directory removes it when the session ends.
+# process and in the CLI processes the tests start (tests.helpers.cache_arg passes the same
+# directory to them as --config.jax_cache_dir). The process that made the directory removes it
+# when the session ends. Each pytest-xdist worker (-n) has a folder of its own in it: JAX writes
+# a cache entry in place, so a worker could read an entry the other is still writing (a warning
+# on the stderr of a CLI process whose one-line error a test checks).
 _OWN_CACHE = "PCA_JAX_TEST_CACHE" not in os.environ
 if _OWN_CACHE:
   os.environ["PCA_JAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="pca_jax_jit_")
+if os.environ.get("PYTEST_XDIST_WORKER") and "PCA_JAX_TEST_WORKER" not in os.environ:
+  os.environ["PCA_JAX_TEST_WORKER"] = os.environ["PYTEST_XDIST_WORKER"]
+  os.environ["PCA_JAX_TEST_CACHE"] = os.path.join(os.environ["PCA_JAX_TEST_CACHE"],
+                                                  os.environ["PYTEST_XDIST_WORKER"])
+  os.makedirs(os.environ["PCA_JAX_TEST_CACHE"], exist_ok=True)
 jax.config.update("jax_compilation_cache_dir", os.environ["PCA_JAX_TEST_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
