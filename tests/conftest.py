@@ -29,8 +29,7 @@ import jax  # noqa: E402
 _OWN_CACHE = "PCA_JAX_TEST_CACHE" not in os.environ
 if _OWN_CACHE:
   os.environ["PCA_JAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="pca_jax_jit_")
-if os.environ.get("PYTEST_XDIST_WORKER") and "PCA_JAX_TEST_WORKER" not in os.environ:
-  os.environ["PCA_JAX_TEST_WORKER"] = os.environ["PYTEST_XDIST_WORKER"]
+if os.environ.get("PYTEST_XDIST_WORKER"):
   os.environ["PCA_JAX_TEST_CACHE"] = os.path.join(os.environ["PCA_JAX_TEST_CACHE"],
                                                   os.environ["PYTEST_XDIST_WORKER"])
   os.makedirs(os.environ["PCA_JAX_TEST_CACHE"], exist_ok=True)

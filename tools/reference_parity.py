@@ -261,8 +261,7 @@ def main(argv=None) -> None:
     param.requires_grad = False
   # a row counts only under the fingerprint of its set, teacher and trainer config (the
   # benchmark's cell fingerprint); rows made from other inputs are ignored
-  stage = types.SimpleNamespace(upstream={"teacher": fs.read_json(run.path("stages",
-                                                                           "teacher.json"))})
+  teacher_marker = fs.read_json(run.path("stages", "teacher.json"))
   results = os.path.join(out, "results.jsonl")
   stored = [json.loads(line) for line in open(results)] if os.path.exists(results) else []
   rows = []
@@ -281,7 +280,7 @@ def main(argv=None) -> None:
         cell = {"method": method, "ipc": ipc, "grid": (1, 1), "label": label, "seed": seed}
         mc = cell_trainer_config(run, cell, METHODS[method].crop)
         mc.train.update(dict(epochs=epochs, eval_every_epochs=0, log_every_steps=10 ** 9))
-        fp = cell_fingerprint(run, stage, cs.manifest["fingerprint"], mc, label)
+        fp = cell_fingerprint(run, teacher_marker, cs.manifest["fingerprint"], mc, label)
         for trainer in ("pca_jax", "reference"):
           rid = f"{set_name}-{label}-e{epochs}-s{seed}-{trainer}"
           same = [r for r in stored if r["id"] == rid and r.get("fingerprint") == fp]

@@ -28,7 +28,6 @@ import json
 import os
 import sys
 import time
-import types
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -187,8 +186,7 @@ def main(argv=None) -> None:
   run = Run(config, a.workdir, log=lambda s: None)
   names = {d.name for d in run.path("benchmark", "sets").iterdir()}
   # the teacher stage's id, as the benchmark's cell fingerprints carry it (soft cells)
-  stage = types.SimpleNamespace(upstream={"teacher": fs.read_json(run.path("stages",
-                                                                           "teacher.json"))})
+  teacher_marker = fs.read_json(run.path("stages", "teacher.json"))
   plan = {}  # cell id -> (ipc, variant, method, seed, set name, trainer config, fingerprint)
   for v in v_list:
     for ipc in ipcs:
@@ -203,7 +201,7 @@ def main(argv=None) -> None:
                                log_every_steps=10 ** 9, checkpoint_every_steps=10 ** 9))
           if a.batch_to_set:
             mc.train.batch_size = min(int(mc.train.batch_size), int(manifest["num_images"]))
-          fp = cell_fingerprint(run, stage, manifest["fingerprint"], mc, v["label"])
+          fp = cell_fingerprint(run, teacher_marker, manifest["fingerprint"], mc, v["label"])
           plan[cell_id(m, ipc, s, v)] = (ipc, v, m, s, name, mc, fp)
   # rows of this plan made under the same set, teacher and trainer config; others are ignored
   os.makedirs(out, exist_ok=True)  # the inputs are checked: now write

@@ -311,8 +311,11 @@ def _periodic_eval(config) -> list:
   return [{"benchmark_eval_every_epochs": every}] if every else []
 
 
-def cell_fingerprint(run, stage, set_identity: str, mc, label: str) -> str:
-  teacher = stage.upstream["teacher"]["id"] if label == "soft" else None
+def cell_fingerprint(run, teacher_marker: dict | None, set_identity: str, mc, label: str) -> str:
+  """What a cell's row is valid under: its set, its trainer config, the eval data and cadence and,
+  for soft labels, the teacher stage's id (teacher_marker: that stage's record, stages/teacher.json;
+  tools that retrain a finished run's cells read it from there)."""
+  teacher = teacher_marker["id"] if label == "soft" else None
   return fingerprint("cell", set_identity, config_values(mc, ("model", "train")),
                      config_values(run.config, EVAL_DATA), teacher, *_periodic_eval(run.config))
 
@@ -363,7 +366,7 @@ def run_cell(run, stage, ctx, cache, cell, externals, teacher_fn) -> tuple[dict,
   cid = cell_id(cell)
   set_identity, crop = _cell_set(run, stage, cell, externals)
   mc = cell_trainer_config(run, cell, crop)
-  fp = cell_fingerprint(run, stage, set_identity, mc, cell["label"])
+  fp = cell_fingerprint(run, stage.upstream.get("teacher"), set_identity, mc, cell["label"])
   out = run.path("benchmark", "runs", cid.replace(":", "_"))
   cached = cache.rows.get(out.name)
   if cached is not None:
